@@ -1,0 +1,1 @@
+"""Built-in tiers: one module per step type."""

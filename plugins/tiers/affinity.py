@@ -1,0 +1,69 @@
+"""What ``profile_only`` and ``segment`` share: one read of :class:`Affinities` by a key."""
+
+from __future__ import annotations
+
+from resilience import (
+    Affinities,
+    BuildContext,
+    GarbageData,
+    RequestContext,
+    Signals,
+    SourceName,
+    StepParams,
+    Tier,
+    TierParams,
+    normalize_weights,
+)
+
+__all__ = ["AffinityParams", "AffinityTier"]
+
+
+class AffinityParams(TierParams):
+    """Parameters shared by tiers that read one :class:`Affinities` record."""
+
+    source: SourceName
+
+
+class AffinityTier(Tier):
+    """Reads ``Affinities`` for :meth:`key` and serves them normalized.
+
+    A missing key, a missing record or a record without weights is a ``miss``; a record of
+    another type or with malformed weights is ``garbage``.
+    """
+
+    def __init__(self, params: StepParams, context: BuildContext) -> None:
+        super().__init__(params, context)
+        assert isinstance(params, AffinityParams)
+        self._source = context.source(params.source)
+        self._provenance = (params.source,)
+        self.is_async = self._source.is_async
+
+    def key(self, request: RequestContext) -> str | None:
+        """The key to read for ``request``, or ``None`` when it has none (a miss)."""
+        raise NotImplementedError
+
+    def run(self, request: RequestContext, timeout: float) -> Signals | None:
+        key = self.key(request)
+        if not key:
+            return None
+        return self._signals(self._source.call(key, timeout))
+
+    async def arun(self, request: RequestContext, timeout: float) -> Signals | None:
+        key = self.key(request)
+        if not key:
+            return None
+        found = self._source.call(key, timeout)
+        if self._source.is_async:
+            found = await found
+        return self._signals(found)
+
+    def _signals(self, found: object) -> Signals | None:
+        if found is None:
+            return None
+        if type(found) is not Affinities:
+            raise GarbageData(f"source returned {type(found).__name__}, not Affinities")
+        categories = normalize_weights(found.categories)
+        items = normalize_weights(found.items)
+        if not categories and not items:
+            return None
+        return Signals(categories, items, self.step_id, self._provenance, 0.0, found.updated_at)

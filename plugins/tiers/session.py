@@ -1,0 +1,216 @@
+"""``session``: recent-session signals, blended with the long-term profile as clicks accrue.
+
+Why blending lives here: the brief asks a new session to use the long-term profile until its
+first click and then blend session signals in gradually. That needs both in one decision, so this
+tier reads the session store and (optionally) the profile store:
+
+- no session id, or a session with no clicks: ``miss``; the chain goes on (a ``profile_only``
+  tier further down then serves the long-term profile);
+- ``n`` clicks: session weight ``w = min(n / (n + blend_k), max_session_weight)``, blended with
+  the normalized profile as ``w * session + (1 - w) * profile``. Without a profile (none, or its
+  read failed) the session signals serve alone (``w = 1``).
+
+A successful read feeds the stale cache named by ``cache`` (a write only when the session changed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from pydantic import Field
+
+from resilience import (
+    Affinities,
+    BuildContext,
+    Duration,
+    GarbageData,
+    RequestContext,
+    SessionState,
+    Signals,
+    SourceName,
+    StepParams,
+    Tier,
+    TierParams,
+    normalize_weights,
+)
+
+from ..signal_cache import SignalCache, cache_key
+
+__all__ = ["SessionParams", "SessionTier", "blend"]
+
+
+class SessionParams(TierParams):
+    """Parameters of the ``session`` tier."""
+
+    timeout: Duration = Field(
+        default=0.010, gt=0, description="Cutoff for both reads together (the brief: 10ms)."
+    )
+    source: SourceName = Field(
+        default="session_store", description="Source returning a SessionState per session id."
+    )
+    profile_source: SourceName | None = Field(
+        default="profile_store",
+        description="Source returning Affinities per user id, blended in; null: session only.",
+    )
+    blend_k: float = Field(
+        default=3.0,
+        gt=0,
+        description="Clicks at which session and profile weigh the same (w = n / (n + blend_k)).",
+    )
+    max_session_weight: float = Field(
+        default=0.8, ge=0, le=1, description="Cap on the session's share of the blend."
+    )
+    max_clicks: int = Field(default=50, ge=1, description="Only the newest clicks count.")
+    decay: Duration | None = Field(
+        default=None,
+        gt=0,
+        description="Time constant of click decay exp(-age/decay); null: no decay.",
+    )
+    cache: str | None = Field(
+        default="session",
+        min_length=1,
+        description="Name of the stale cache this tier feeds; null: feed none.",
+    )
+
+
+def session_weight(clicks: int, blend_k: float, cap: float) -> float:
+    """``min(n / (n + k), cap)``: 0.25 after 1 click and 0.5 after 3 with ``k = 3``."""
+    return min(clicks / (clicks + blend_k), cap)
+
+
+def blend(
+    state: SessionState,
+    profile: Affinities | None,
+    params: SessionParams,
+    now: float,
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """Session signals blended with the profile: ``(categories, items, session_weight)``.
+
+    Raises:
+        GarbageData: the session or profile holds values of the wrong type.
+    """
+    clicks = state.clicks[-params.max_clicks :]
+    categories: dict[str, float] = {}
+    items: dict[str, float] = {}
+    tau = params.decay
+    try:
+        for click in clicks:
+            weight = 1.0 if tau is None else math.exp(-max(now - click.at, 0.0) / tau)
+            if click.category is not None:
+                categories[click.category] = categories.get(click.category, 0.0) + weight
+            items[click.item_id] = items.get(click.item_id, 0.0) + weight
+    except (AttributeError, TypeError) as exc:
+        raise GarbageData(f"malformed click in session: {exc}") from exc
+    categories = normalize_weights(categories)
+    items = normalize_weights(items)
+    if profile is None:
+        return categories, items, 1.0
+    profile_categories = normalize_weights(profile.categories)
+    profile_items = normalize_weights(profile.items)
+    if not profile_categories and not profile_items:
+        return categories, items, 1.0
+    w = session_weight(len(clicks), params.blend_k, params.max_session_weight)
+    return _mix(categories, profile_categories, w), _mix(items, profile_items, w), w
+
+
+def _mix(session: Mapping[str, float], profile: Mapping[str, float], w: float) -> dict[str, float]:
+    if not profile:
+        return dict(session)
+    if not session:
+        return dict(profile)
+    out = {key: (1.0 - w) * value for key, value in profile.items()}
+    for key, value in session.items():
+        out[key] = out.get(key, 0.0) + w * value
+    return out
+
+
+class SessionTier(Tier):
+    """Reads the session store and blends in the profile. See the module docstring."""
+
+    name = "session"
+    Params = SessionParams
+
+    def __init__(self, params: StepParams, context: BuildContext) -> None:
+        super().__init__(params, context)
+        assert isinstance(params, SessionParams)
+        self._params = params
+        self._session = context.source(params.source)
+        self._profile = (
+            context.source(params.profile_source) if params.profile_source is not None else None
+        )
+        self._now = context.clock.monotonic
+        self._wall = context.clock.wall
+        self._cache: SignalCache | None = None
+        if params.cache is not None:
+            self._cache = context.shared(cache_key(params.cache), SignalCache)
+            self._cache.writers.append(f"{context.policy}.{self.step_id}")
+        self.is_async = self._session.is_async or bool(self._profile and self._profile.is_async)
+        self._sources_read = (params.source,)
+        self._sources_blended = (
+            (params.source, params.profile_source) if params.profile_source else (params.source,)
+        )
+
+    def run(self, request: RequestContext, timeout: float) -> Signals | None:
+        session_id = request.session_id
+        if not session_id:
+            return None
+        t0 = self._now()
+        state = self._session.call(session_id, timeout)
+        if state is None:
+            return None
+        if type(state) is not SessionState:
+            raise GarbageData(f"session source returned {type(state).__name__}")
+        if not state.clicks:
+            return None
+        profile = None
+        if self._profile is not None and request.user_id:
+            left = timeout - (self._now() - t0)
+            if left > 0.0:
+                try:
+                    profile = self._profile.call(request.user_id, left)
+                except Exception:  # the profile only refines the session's signals
+                    profile = None
+        return self._signals(session_id, state, profile)
+
+    async def arun(self, request: RequestContext, timeout: float) -> Signals | None:
+        session_id = request.session_id
+        if not session_id:
+            return None
+        t0 = self._now()
+        state = self._session.call(session_id, timeout)
+        if self._session.is_async:
+            state = await state
+        if state is None:
+            return None
+        if type(state) is not SessionState:
+            raise GarbageData(f"session source returned {type(state).__name__}")
+        if not state.clicks:
+            return None
+        profile = None
+        if self._profile is not None and request.user_id:
+            left = timeout - (self._now() - t0)
+            if left > 0.0:
+                try:
+                    profile = self._profile.call(request.user_id, left)
+                    if self._profile.is_async:
+                        profile = await profile
+                except Exception:  # the profile only refines the session's signals
+                    profile = None
+        return self._signals(session_id, state, profile)
+
+    def _signals(self, session_id: str, state: SessionState, profile: object) -> Signals:
+        usable = profile if type(profile) is Affinities else None
+        now = self._wall()
+        categories, items, weight = blend(state, usable, self._params, now)
+        signals = Signals(
+            categories,
+            items,
+            self.step_id,
+            self._sources_blended if usable is not None and weight < 1.0 else self._sources_read,
+            weight,
+            state.event_time,
+        )
+        if self._cache is not None:
+            self._cache.remember(session_id, signals, (len(state.clicks), state.event_time), now)
+        return signals

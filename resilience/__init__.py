@@ -1,0 +1,113 @@
+"""Declarative degradation policies for real-time search personalization.
+
+A platform team declares in ``policies.yaml`` how personalization degrades when its inputs fail;
+a search service embeds an :class:`Engine` that runs that declaration on every request, under a
+hard latency budget, and always answers. See ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+from ._clock import Clock, SystemClock
+from ._durations import Duration, format_duration, parse_duration
+from ._engine import Engine
+from ._errors import (
+    GarbageData,
+    PluginError,
+    PolicyError,
+    PolicyIssue,
+    PolicyValidationError,
+    ResilienceError,
+    SourceBindingError,
+)
+from ._events import EVENTS, EventSink, EventSpec, NullSink, StructlogSink, register_event
+from ._model import (
+    Affinities,
+    Candidate,
+    Click,
+    RequestContext,
+    SessionState,
+    Signals,
+    normalize_weights,
+)
+from ._outcomes import FAILURE_OUTCOMES, Outcome
+from ._plugins import ENTRY_POINT_GROUP, PluginHost
+from ._policy import (
+    FORMAT_VERSION,
+    Policy,
+    PolicySet,
+    Settings,
+    StepSpec,
+    load_policies,
+    load_policies_file,
+)
+from ._sources import BoundSource, MemorySource, SourceFunction
+from ._steps import (
+    BuildContext,
+    Guard,
+    PostStep,
+    SourceName,
+    Step,
+    StepKind,
+    StepParams,
+    Tier,
+    TierParams,
+)
+from ._trace import Decision, Reason, StepRecord, Trace
+from .hookspecs import hookimpl
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "EVENTS",
+    "FAILURE_OUTCOMES",
+    "FORMAT_VERSION",
+    "Affinities",
+    "BoundSource",
+    "BuildContext",
+    "Candidate",
+    "Click",
+    "Clock",
+    "Decision",
+    "Duration",
+    "Engine",
+    "EventSink",
+    "EventSpec",
+    "GarbageData",
+    "Guard",
+    "MemorySource",
+    "NullSink",
+    "Outcome",
+    "PluginError",
+    "PluginHost",
+    "Policy",
+    "PolicyError",
+    "PolicyIssue",
+    "PolicySet",
+    "PolicyValidationError",
+    "PostStep",
+    "Reason",
+    "RequestContext",
+    "ResilienceError",
+    "SessionState",
+    "Settings",
+    "Signals",
+    "SourceBindingError",
+    "SourceFunction",
+    "SourceName",
+    "Step",
+    "StepKind",
+    "StepParams",
+    "StepRecord",
+    "StepSpec",
+    "StructlogSink",
+    "SystemClock",
+    "Tier",
+    "TierParams",
+    "Trace",
+    "format_duration",
+    "hookimpl",
+    "load_policies",
+    "load_policies_file",
+    "normalize_weights",
+    "parse_duration",
+    "register_event",
+]

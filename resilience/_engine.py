@@ -1,0 +1,565 @@
+"""The engine: compiles a policy set once, then runs one decision per request.
+
+This is the only module on the per-request path. Everything it calls per request was built at
+compile time: step objects with their sources bound, parameters resolved, timeouts read. There is
+no hook dispatch, no lookup by step name, no logging on the happy path.
+
+The sync (:meth:`Engine.decide`) and asyncio (:meth:`Engine.adecide`) entry points share the same
+core: budget set-up, guards, outcome classification, post steps and the trace are one code path;
+the two differ only in how a tier is invoked (a call, or an ``await`` under a deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from ._clock import Clock, SystemClock
+from ._errors import (
+    GarbageData,
+    PolicyError,
+    PolicyIssue,
+    PolicyValidationError,
+    SourceBindingError,
+)
+from ._events import (
+    DECISION,
+    ENGINE_BUILT,
+    ENGINE_CLOSED,
+    ENGINE_INTERNAL_ERROR,
+    EventSink,
+    StructlogSink,
+)
+from ._model import Candidate, RequestContext, Signals
+from ._outcomes import Outcome
+from ._plugins import PluginHost
+from ._policy import Policy, PolicySet, load_policies, load_policies_file
+from ._sources import BoundSource, SourceFunction
+from ._steps import BuildContext, Guard, PostStep, Step, Tier, source_fields
+from ._trace import Decision, Reason, StepRecord, Trace
+
+__all__ = ["Engine"]
+
+_OK = Outcome.OK
+_MISS = Outcome.MISS
+_ERROR = Outcome.ERROR
+_TIMEOUT = Outcome.TIMEOUT
+_GARBAGE = Outcome.GARBAGE
+_SKIPPED = Outcome.SKIPPED_BUDGET
+_DISABLED = Outcome.DISABLED
+
+
+class _Plan:
+    """One policy, compiled: its steps as built objects, in execution order."""
+
+    __slots__ = ("budget", "guards", "name", "post", "terminal", "tiers", "version")
+
+    def __init__(
+        self,
+        policy: Policy,
+        guards: tuple[Guard, ...],
+        tiers: tuple[Tier, ...],
+        post: tuple[PostStep, ...],
+    ) -> None:
+        self.name = policy.name
+        self.version = policy.version
+        self.budget = policy.budget
+        self.guards = guards
+        self.tiers = tiers
+        self.terminal = tiers[-1:]
+        self.post = post
+
+
+def _classify(result: object, elapsed: float, timeout: float) -> tuple[Outcome, str]:
+    """The outcome of a tier that returned ``result`` after ``elapsed`` seconds."""
+    if elapsed > timeout:
+        return _TIMEOUT, f"returned after {elapsed * 1e3:.1f}ms"
+    if result is None:
+        return _MISS, ""
+    if type(result) is not Signals:
+        return _GARBAGE, f"returned {type(result).__name__}"
+    return _OK, ""
+
+
+class Engine:
+    """Runs validated policies on requests. Thread-safe; several engines may share a process.
+
+    Args:
+        policies: the validated policy set.
+        sources: the source functions the policies name, by name.
+        clock: the clocks; :class:`SystemClock` by default.
+        events: where events go; structlog (as the application configured it) by default.
+        seed: seeds the decision-event sampler, for reproducible runs.
+
+    Raises:
+        SourceBindingError: a policy names a source that ``sources`` does not bind.
+        PolicyValidationError: a step could not be built from its parameters.
+    """
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        sources: Mapping[str, SourceFunction] | None = None,
+        *,
+        clock: Clock | None = None,
+        events: EventSink | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.policies = policies
+        self._clock = clock or SystemClock()
+        self._now: Callable[[], float] = self._clock.monotonic
+        self._events = events or StructlogSink()
+        self._shared: dict[object, Any] = {}
+        self._steps: list[Step] = []
+        self._closed = False
+        bound = self._bind(policies, sources or {})
+        self._plans: dict[str, _Plan] = {}
+        try:
+            for policy in policies.policies.values():
+                self._plans[policy.name] = self._compile(policy, bound)
+            self._verify()
+        except BaseException:
+            self._release()
+            raise
+        self._default = policies.default_policy
+        rate = policies.settings.events.decision_sample_rate
+        self._sample_rate = rate
+        self._random = random.Random(seed).random
+        self._events.emit(
+            ENGINE_BUILT,
+            policies=list(self._plans),
+            versions={name: plan.version for name, plan in self._plans.items()},
+        )
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(
+        cls,
+        text: str | bytes,
+        sources: Mapping[str, SourceFunction] | None = None,
+        *,
+        plugins: PluginHost | None = None,
+        **options: Any,
+    ) -> Engine:
+        """Validate ``text`` and build an engine from it. See :func:`load_policies`."""
+        return cls(load_policies(text, plugins=plugins), sources, **options)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str,
+        sources: Mapping[str, SourceFunction] | None = None,
+        *,
+        plugins: PluginHost | None = None,
+        **options: Any,
+    ) -> Engine:
+        """Validate the file at ``path`` and build an engine from it."""
+        return cls(load_policies_file(path, plugins=plugins), sources, **options)
+
+    def _bind(
+        self, policies: PolicySet, sources: Mapping[str, SourceFunction]
+    ) -> dict[str, BoundSource]:
+        issues: list[PolicyIssue] = []
+        bound: dict[str, BoundSource] = {}
+        for policy in policies.policies.values():
+            for spec in policy.steps():
+                for field_name, source in source_fields(spec.params):
+                    if source in bound:
+                        continue
+                    target = sources.get(source)
+                    if target is None:
+                        known = ", ".join(sorted(sources)) or "none"
+                        issues.append(
+                            PolicyIssue(
+                                policies.file,
+                                spec.line,
+                                spec.column,
+                                f"{spec.path}.{field_name}",
+                                f"source {source!r} is not bound",
+                                f"pass sources={{{source!r}: ...}} when building the engine "
+                                f"(bound: {known})",
+                            )
+                        )
+                        continue
+                    try:
+                        bound[source] = BoundSource(source, target)
+                    except TypeError as exc:
+                        issues.append(
+                            PolicyIssue(
+                                policies.file,
+                                spec.line,
+                                spec.column,
+                                f"{spec.path}.{field_name}",
+                                str(exc),
+                                "bind a callable",
+                            )
+                        )
+        if issues:
+            # One source missing in several steps is reported once per step.
+            raise SourceBindingError(issues)
+        return bound
+
+    def _compile(self, policy: Policy, bound: dict[str, BoundSource]) -> _Plan:
+        def build(spec: Any) -> Any:
+            context = BuildContext(
+                policy=policy.name,
+                step_id=spec.step_id,
+                clock=self._clock,
+                events=self._events,
+                sources=bound,
+                shared=self._shared,
+            )
+            try:
+                step = spec.type(spec.params, context)
+            except Exception as exc:
+                raise PolicyValidationError(
+                    [
+                        PolicyIssue(
+                            self.policies.file,
+                            spec.line,
+                            spec.column,
+                            spec.path,
+                            f"step {spec.step_id!r} could not be built: "
+                            f"{type(exc).__name__}: {exc}",
+                            f"check its parameters, or report it to the plugin "
+                            f"{self.policies.plugins.origin(spec.type.name)!r}",
+                        )
+                    ]
+                ) from exc
+            self._steps.append(step)
+            return step
+
+        return _Plan(
+            policy,
+            tuple(build(s) for s in policy.guards),
+            tuple(build(s) for s in policy.chain),
+            tuple(build(s) for s in policy.post),
+        )
+
+    def _verify(self) -> None:
+        issues: list[PolicyIssue] = []
+        for policy in self.policies.policies.values():
+            plan = self._plans[policy.name]
+            for spec, step in zip(
+                policy.steps(), plan.guards + plan.tiers + plan.post, strict=True
+            ):
+                problem = step.verify()
+                if problem:
+                    issues.append(
+                        PolicyIssue(self.policies.file, spec.line, spec.column, spec.path, problem)
+                    )
+        if issues:
+            raise PolicyValidationError(issues)
+
+    # --- the per-request path -------------------------------------------------------------------
+
+    def decide(self, request: RequestContext) -> Decision:
+        """Decide how to personalize ``request``. Never raises.
+
+        Async tiers cannot run here; they are recorded as ``error`` and the chain goes on.
+        """
+        try:
+            start = self._now()
+            plan = self._plans.get(request.policy or self._default or "")
+            if plan is None or self._closed:
+                return self._no_plan(request, start)
+            deadline, records, tiers, reason = self._begin(plan, request, start)
+            now = self._now
+            served: Tier | None = None
+            signals: Signals | None = None
+            for tier in tiers:
+                t0 = now()
+                left = deadline - t0
+                if left >= tier.timeout:
+                    timeout = tier.timeout
+                elif left > 0.0:
+                    timeout = left
+                elif tier.terminal:  # needs no data and cannot fail: it runs on an empty budget
+                    timeout = tier.timeout
+                else:
+                    records.append(StepRecord(tier.step_id, _SKIPPED, 0))
+                    continue
+                if tier.is_async:
+                    records.append(StepRecord(tier.step_id, _ERROR, 0, "async tier in decide()"))
+                    continue
+                try:
+                    result = tier.run(request, timeout)
+                except GarbageData as exc:
+                    outcome, detail = _GARBAGE, str(exc)[:200]
+                except Exception as exc:
+                    outcome, detail = _ERROR, type(exc).__name__
+                else:
+                    outcome, detail = _classify(result, now() - t0, timeout)
+                records.append(StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6), detail))
+                if outcome is _OK:
+                    served, signals = tier, result
+                    break
+            return self._finish(plan, request, start, deadline, records, reason, served, signals)
+        except Exception as exc:  # the engine's own bug: still answer
+            return self._internal_error(request, exc)
+
+    async def adecide(self, request: RequestContext) -> Decision:
+        """The asyncio form of :meth:`decide`. Never raises (except for its own cancellation).
+
+        Async tiers are awaited under their deadline and cancelled when it passes; sync tiers are
+        called directly, with no thread hop.
+        """
+        try:
+            start = self._now()
+            plan = self._plans.get(request.policy or self._default or "")
+            if plan is None or self._closed:
+                return self._no_plan(request, start)
+            deadline, records, tiers, reason = self._begin(plan, request, start)
+            now = self._now
+            served: Tier | None = None
+            signals: Signals | None = None
+            for tier in tiers:
+                t0 = now()
+                left = deadline - t0
+                if left >= tier.timeout:
+                    timeout = tier.timeout
+                elif left > 0.0:
+                    timeout = left
+                elif tier.terminal:  # needs no data and cannot fail: it runs on an empty budget
+                    timeout = tier.timeout
+                else:
+                    records.append(StepRecord(tier.step_id, _SKIPPED, 0))
+                    continue
+                try:
+                    if tier.is_async:
+                        async with asyncio.timeout(timeout):
+                            result = await tier.arun(request, timeout)
+                    else:
+                        result = tier.run(request, timeout)
+                except TimeoutError:
+                    outcome, detail = _TIMEOUT, "cancelled at deadline"
+                except GarbageData as exc:
+                    outcome, detail = _GARBAGE, str(exc)[:200]
+                except Exception as exc:
+                    outcome, detail = _ERROR, type(exc).__name__
+                else:
+                    outcome, detail = _classify(result, now() - t0, timeout)
+                records.append(StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6), detail))
+                if outcome is _OK:
+                    served, signals = tier, result
+                    break
+            return self._finish(plan, request, start, deadline, records, reason, served, signals)
+        except Exception as exc:
+            return self._internal_error(request, exc)
+
+    def _begin(
+        self, plan: _Plan, request: RequestContext, start: float
+    ) -> tuple[float, list[StepRecord], tuple[Tier, ...], Reason | None]:
+        """Set the deadline and run the guards; returns the tiers the chain may try."""
+        budget = plan.budget
+        time_left = request.time_left
+        if time_left is not None and time_left < budget:
+            budget = time_left if time_left > 0.0 else 0.0
+        deadline = start + budget
+        records: list[StepRecord] = []
+        if not plan.guards:
+            return deadline, records, plan.tiers, None
+        now = self._now
+        for guard in plan.guards:
+            t0 = now()
+            if t0 >= deadline:
+                records.append(StepRecord(guard.step_id, _SKIPPED, 0))
+                continue
+            try:
+                verdict = guard.check(request)
+            except Exception as exc:
+                records.append(
+                    StepRecord(guard.step_id, _ERROR, int((now() - t0) * 1e6), type(exc).__name__)
+                )
+                continue
+            elapsed = int((now() - t0) * 1e6)
+            if verdict is None:
+                records.append(StepRecord(guard.step_id, _OK, elapsed))
+            else:
+                records.append(StepRecord(guard.step_id, _DISABLED, elapsed, str(verdict)))
+                return deadline, records, plan.terminal, Reason.GUARD
+        return deadline, records, plan.tiers, None
+
+    def _finish(
+        self,
+        plan: _Plan,
+        request: RequestContext,
+        start: float,
+        deadline: float,
+        records: list[StepRecord],
+        reason: Reason | None,
+        served: Tier | None,
+        signals: Signals | None,
+    ) -> Decision:
+        """Run the post steps, then build the decision and its trace."""
+        if served is None or served.terminal:
+            signals = None
+        if reason is None:
+            if served is plan.tiers[0]:
+                reason = Reason.PRIMARY
+            elif any(r.outcome is _SKIPPED for r in records):
+                reason = Reason.BUDGET
+            else:
+                reason = Reason.FALLBACK
+        candidates = request.candidates
+        if plan.post:
+            candidates = self._post(plan, request, signals, candidates, deadline, records)
+        now = self._now()
+        trace = Trace(
+            plan.name,
+            plan.version,
+            request.request_id,
+            served.step_id if served is not None else "",
+            reason,
+            tuple(records),
+            int((deadline - start) * 1e6),
+            int((now - start) * 1e6),
+        )
+        if self._sample_rate and self._random() < self._sample_rate:
+            self._emit_decision(trace)
+        return Decision(signals, candidates, trace)
+
+    def _post(
+        self,
+        plan: _Plan,
+        request: RequestContext,
+        signals: Signals | None,
+        candidates: Sequence[Candidate],
+        deadline: float,
+        records: list[StepRecord],
+    ) -> Sequence[Candidate]:
+        now = self._now
+        for step in plan.post:
+            t0 = now()
+            if t0 >= deadline:
+                records.append(StepRecord(step.step_id, _SKIPPED, 0))
+                continue
+            try:
+                result = step.apply(request, signals, candidates)
+            except Exception as exc:
+                records.append(
+                    StepRecord(step.step_id, _ERROR, int((now() - t0) * 1e6), type(exc).__name__)
+                )
+                continue
+            t1 = now()
+            elapsed = int((t1 - t0) * 1e6)
+            if t1 > deadline:
+                records.append(StepRecord(step.step_id, _TIMEOUT, elapsed, "result discarded"))
+            elif type(result) not in (list, tuple) or not all(type(c) is Candidate for c in result):
+                records.append(
+                    StepRecord(step.step_id, _GARBAGE, elapsed, f"returned {type(result).__name__}")
+                )
+            else:
+                records.append(StepRecord(step.step_id, _OK, elapsed))
+                candidates = result
+        return candidates
+
+    # --- the rare paths -------------------------------------------------------------------------
+
+    def _no_plan(self, request: RequestContext, start: float) -> Decision:
+        reason = Reason.CLOSED if self._closed else Reason.UNKNOWN_POLICY
+        name = request.policy or self._default or ""
+        trace = Trace(
+            name, "", request.request_id, "", reason, (), 0, int((self._now() - start) * 1e6)
+        )
+        return Decision(None, request.candidates, trace)
+
+    def _internal_error(self, request: RequestContext, exc: Exception) -> Decision:
+        with contextlib.suppress(Exception):
+            self._events.emit(
+                ENGINE_INTERNAL_ERROR,
+                policy=request.policy or self._default,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        trace = Trace(
+            request.policy or self._default or "",
+            "",
+            request.request_id,
+            "",
+            Reason.INTERNAL_ERROR,
+            (),
+            0,
+            0,
+        )
+        return Decision(None, request.candidates, trace)
+
+    def _emit_decision(self, trace: Trace) -> None:
+        with contextlib.suppress(Exception):
+            self._events.emit(
+                DECISION,
+                policy=trace.policy,
+                config_version=trace.config_version,
+                served=trace.served,
+                reason=trace.reason.value,
+                used_us=trace.used_us,
+                budget_us=trace.budget_us,
+                steps={r.step: r.outcome.value for r in trace.steps},
+            )
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def policy_names(self) -> list[str]:
+        """The names of the compiled policies."""
+        return list(self._plans)
+
+    def config_version(self, policy: str | None = None) -> str:
+        """The config version of ``policy`` (the default policy if ``None``)."""
+        name = policy or self._default
+        if name is None or name not in self._plans:
+            raise PolicyError(f"no policy named {name!r}")
+        return self._plans[name].version
+
+    def close(self) -> None:
+        """Release what the engine holds (its steps and their shared state). Idempotent.
+
+        Decisions after ``close()`` answer un-personalized with reason ``closed``. Sources are
+        the caller's and are not closed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+        self._events.emit(ENGINE_CLOSED, policies=list(self._plans))
+
+    async def aclose(self) -> None:
+        """The asyncio form of :meth:`close`."""
+        self.close()
+
+    def _release(self) -> None:
+        for step in self._steps:
+            with contextlib.suppress(Exception):
+                step.close()
+        for obj in self._shared.values():
+            closer = getattr(obj, "close", None)
+            if callable(closer):
+                with contextlib.suppress(Exception):
+                    closer()
+        self._shared.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

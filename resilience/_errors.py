@@ -1,0 +1,111 @@
+"""Every exception this package raises, under one base.
+
+The tree::
+
+    ResilienceError
+    ├── PolicyError                 load time: the policy file or its wiring is wrong
+    │   ├── PolicyValidationError   the file is invalid; carries every issue found in one pass
+    │   └── SourceBindingError      the policy names sources the embedding code did not bind
+    ├── PluginError                 a plugin failed to import or clashes with another one
+    └── GarbageData                 raised by a step per request: its data is malformed
+
+The engine never raises to its caller: it turns every failure of a step into a recorded outcome
+(``GarbageData`` into ``garbage``, anything else into ``error``). The others reach the code that
+*loads* policies and plugins, and the CLI, which prints them without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "GarbageData",
+    "PluginError",
+    "PolicyError",
+    "PolicyIssue",
+    "PolicyValidationError",
+    "ResilienceError",
+    "SourceBindingError",
+]
+
+
+class ResilienceError(Exception):
+    """Base of every exception raised by this package."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    """One thing wrong with a policy file, with where it is and how to fix it.
+
+    Args:
+        file: the file name as given to the loader (``"<string>"`` for text).
+        line: 1-based line of the offending node, or 0 when the file as a whole is at fault.
+        column: 1-based column, or 0.
+        path: dotted path of the key, e.g. ``policies.search.chain[1].max_age``.
+        message: what is wrong.
+        hint: how to fix it; may be empty.
+    """
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        what = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{where}: {what} ({self.hint})" if self.hint else f"{where}: {what}"
+
+    def as_dict(self) -> dict[str, object]:
+        """The issue as plain data, for ``resilience validate --format json``."""
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "path": self.path,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+class PolicyError(ResilienceError):
+    """A policy could not be loaded or compiled; nothing of it took effect."""
+
+
+class PolicyValidationError(PolicyError):
+    """The policy file is invalid. ``issues`` holds every problem found, in file order."""
+
+    def __init__(self, issues: Iterable[PolicyIssue]) -> None:
+        self.issues: tuple[PolicyIssue, ...] = tuple(
+            sorted(issues, key=lambda i: (i.file, i.line, i.column, i.path))
+        )
+        count = len(self.issues)
+        lines = "\n".join(str(i) for i in self.issues)
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} in policy file:\n{lines}")
+
+
+class SourceBindingError(PolicyValidationError):
+    """The policy names sources that the code building the engine did not bind."""
+
+
+class PluginError(ResilienceError):
+    """A plugin failed to load or registered a step type that clashes with another.
+
+    Args:
+        plugin: the name of the plugin at fault (entry-point name or registration name).
+        message: what went wrong and how to fix it.
+    """
+
+    def __init__(self, plugin: str, message: str) -> None:
+        self.plugin = plugin
+        super().__init__(f"plugin {plugin!r}: {message}")
+
+
+class GarbageData(ResilienceError, ValueError):  # noqa: N818 - names the outcome it causes
+    """A step's source returned data of the wrong shape; the step is recorded as ``garbage``.
+
+    Raise it from a tier or post step instead of returning half-parsed data.
+    """

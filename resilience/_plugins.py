@@ -1,0 +1,157 @@
+"""Plugin discovery: built-ins and entry points, through one pluggy manager, at load time only.
+
+The host loads the built-in plugins (the ``resilience_plugins`` package), then the third-party
+ones from the ``resilience.plugins`` entry-point group that the allowlist admits, and asks every
+plugin for its step types through :func:`~resilience.hookspecs.resilience_step_types`. The result
+is a plain registry (name -> class) that validation and compilation read; pluggy is not called
+again after that.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Iterable, Sequence
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel
+
+from . import hookspecs
+from ._errors import PluginError
+from ._events import PLUGIN_LOADED, EventSink, NullSink
+from ._steps import Guard, PostStep, Step, StepKind, StepParams, Tier
+
+__all__ = ["ENTRY_POINT_GROUP", "PluginHost", "StepType"]
+
+#: The entry-point group third-party plugins register under.
+ENTRY_POINT_GROUP = "resilience.plugins"
+#: The module holding the built-in plugins.
+BUILTIN_MODULE = "resilience_plugins"
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+StepType = type[Step]
+
+
+class PluginHost:
+    """The loaded plugins and the step types they contribute.
+
+    Args:
+        allow: names of third-party entry points allowed to load; ``None`` admits every
+            installed one, ``[]`` none. Built-ins always load.
+        extra: plugin objects (modules or instances) to register in code, e.g. in tests or by
+            an application that ships its own steps without an entry point.
+        entry_points_: the entry points to consider; defaults to those installed.
+        events: where ``resilience.plugin.loaded`` goes.
+
+    Raises:
+        PluginError: a plugin failed to import, or two plugins registered the same step name.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow: Sequence[str] | None = None,
+        extra: Iterable[object] = (),
+        entry_points_: Iterable[EntryPoint] | None = None,
+        events: EventSink | None = None,
+    ) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self._events = events or NullSink()
+        self.step_types: dict[str, StepType] = {}
+        self._origin: dict[str, str] = {}
+
+        builtin = _import(BUILTIN_MODULE, plugin="builtin")
+        self._register("builtin", builtin)
+        for plugin in extra:
+            self._register(_plugin_name(plugin), plugin)
+        found = entry_points(group=ENTRY_POINT_GROUP) if entry_points_ is None else entry_points_
+        for ep in sorted(found, key=lambda e: e.name):
+            if allow is not None and ep.name not in allow:
+                continue
+            try:
+                loaded = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    ep.name,
+                    f"failed to import {ep.value!r}: {type(exc).__name__}: {exc} "
+                    f"(fix the plugin, uninstall it, or leave it out of settings.plugins.allow)",
+                ) from exc
+            added = self._register(ep.name, loaded)
+            dist = ep.dist.name if ep.dist is not None else ""
+            self._events.emit(PLUGIN_LOADED, plugin=ep.name, distribution=dist, step_types=added)
+        self.manager.check_pending()
+
+    def _register(self, name: str, plugin: object) -> list[str]:
+        if self.manager.is_registered(plugin) or self.manager.has_plugin(name):
+            raise PluginError(name, "registered twice (two entry points with the same name?)")
+        self.manager.register(plugin, name=name)
+        added: list[str] = []
+        for impl in self.manager.hook.resilience_step_types.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            try:
+                contributed: Any = impl.function() or ()
+            except Exception as exc:
+                raise PluginError(
+                    name, f"resilience_step_types raised {type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(contributed, list | tuple):
+                raise PluginError(
+                    name, f"resilience_step_types returned {contributed!r}; return a list"
+                )
+            for step_type in contributed:
+                self._add(name, step_type)
+                added.append(step_type.name)
+        return added
+
+    def _add(self, plugin: str, step_type: Any) -> None:
+        if not (inspect.isclass(step_type) and issubclass(step_type, Tier | Guard | PostStep)):
+            raise PluginError(
+                plugin,
+                f"resilience_step_types returned {step_type!r}; "
+                "expected subclasses of Tier, Guard or PostStep",
+            )
+        name = getattr(step_type, "name", None)
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise PluginError(
+                plugin,
+                f"step type {step_type.__qualname__} has name {name!r}; "
+                "set a class attribute name in lowercase letters, digits and '_'",
+            )
+        params = getattr(step_type, "Params", None)
+        if not (inspect.isclass(params) and issubclass(params, StepParams | BaseModel)):
+            raise PluginError(plugin, f"step type {name!r} has no Params model")
+        if name in self.step_types:
+            other = self._origin[name]
+            raise PluginError(
+                plugin,
+                f"step type {name!r} is already registered by plugin {other!r}; "
+                "rename one of them or remove one plugin from settings.plugins.allow",
+            )
+        self.step_types[name] = step_type
+        self._origin[name] = plugin
+
+    def origin(self, name: str) -> str:
+        """The plugin that registered step type ``name``."""
+        return self._origin[name]
+
+    def names(self, kind: StepKind | None = None) -> list[str]:
+        """Registered step type names, optionally only of one kind, sorted."""
+        return sorted(n for n, t in self.step_types.items() if kind is None or t.kind is kind)
+
+
+def _import(module: str, *, plugin: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:
+        raise PluginError(plugin, f"failed to import {module!r}: {exc}") from exc
+
+
+def _plugin_name(plugin: object) -> str:
+    return str(getattr(plugin, "__name__", None) or type(plugin).__qualname__)

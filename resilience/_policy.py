@@ -1,0 +1,541 @@
+"""The policy file: its format, its validation (all or nothing), and the validated result.
+
+Validation is kept apart from execution: :func:`load_policies` turns YAML into a
+:class:`PolicySet` of plain, frozen declarations, or raises :class:`PolicyValidationError` with
+every problem in the file. Nothing here touches sources or runs a step; the engine compiles a
+``PolicySet`` into its per-request plan.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path as FilePath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._durations import Duration, format_duration
+from ._errors import PolicyIssue, PolicyValidationError
+from ._events import POLICY_LOADED, EventSink, NullSink
+from ._plugins import PluginHost, StepType
+from ._steps import StepKind, StepParams, TierParams
+from ._yaml import Located, Path, format_path, read_yaml
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Policy",
+    "PolicySet",
+    "Settings",
+    "StepSpec",
+    "load_policies",
+    "load_policies_file",
+]
+
+#: The policy file format this release reads.
+FORMAT_VERSION = 1
+
+_STEP_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+_SECTIONS: tuple[tuple[str, StepKind], ...] = (
+    ("guards", StepKind.GUARD),
+    ("chain", StepKind.TIER),
+    ("post", StepKind.POST),
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PluginSettings(_Strict):
+    """``settings.plugins``."""
+
+    allow: list[str] | None = Field(
+        default=None,
+        description="Entry-point names of third-party plugins allowed to load. Absent: every "
+        "installed plugin; []: built-ins only.",
+    )
+
+
+class EventSettings(_Strict):
+    """``settings.events``."""
+
+    decision_sample_rate: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of decisions reported as resilience.decision events (0 to 1). "
+        "State changes are always reported.",
+    )
+
+
+class Settings(_Strict):
+    """``settings``: process-wide options."""
+
+    plugins: PluginSettings = PluginSettings()
+    events: EventSettings = EventSettings()
+
+
+class _PolicyDecl(_Strict):
+    description: str = ""
+    budget: Duration = Field(default=0.030, gt=0)
+    guards: list[dict[str, Any] | str] = []
+    chain: list[dict[str, Any] | str]
+    post: list[dict[str, Any] | str] = []
+
+
+class _FileDecl(_Strict):
+    version: Literal[1]
+    settings: Settings = Settings()
+    default_policy: str | None = None
+    policies: dict[str, _PolicyDecl] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One validated step declaration.
+
+    Attributes:
+        step_id: its id in the policy (``id:``, defaulting to the type name).
+        type: its step class.
+        params: its validated parameters.
+        path: where it is in the file, e.g. ``policies.search.chain[0]``.
+        line: the line it starts on (1-based).
+        column: the column it starts on (1-based).
+    """
+
+    step_id: str
+    type: StepType
+    params: StepParams
+    path: str
+    line: int
+    column: int
+
+    def normalized(self) -> dict[str, Any]:
+        """The step with every effective parameter, defaults included, as plain data."""
+        return {
+            "type": self.type.name,
+            "id": self.step_id,
+            **self.params.model_dump(mode="json"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """One validated policy.
+
+    Attributes:
+        name: its name.
+        budget: total seconds for guards, chain and post steps.
+        guards / chain / post: its steps in execution order.
+        version: a hash of its normalized content; appears in every trace.
+    """
+
+    name: str
+    description: str
+    budget: float
+    guards: tuple[StepSpec, ...]
+    chain: tuple[StepSpec, ...]
+    post: tuple[StepSpec, ...]
+    version: str = ""
+
+    def normalized(self) -> dict[str, Any]:
+        """The policy as plain data with every default filled in (what ``version`` hashes)."""
+        return {
+            "budget": format_duration(self.budget),
+            "guards": [s.normalized() for s in self.guards],
+            "chain": [s.normalized() for s in self.chain],
+            "post": [s.normalized() for s in self.post],
+        }
+
+    def steps(self) -> tuple[StepSpec, ...]:
+        """Every step in execution order."""
+        return self.guards + self.chain + self.post
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """A validated policy file.
+
+    Attributes:
+        file: where it was read from.
+        settings: its process-wide settings.
+        policies: name -> policy, in file order.
+        default_policy: the policy a request without a name runs, or ``None``.
+        plugins: the plugin host its steps were resolved with.
+    """
+
+    file: str
+    settings: Settings
+    policies: Mapping[str, Policy]
+    default_policy: str | None
+    plugins: PluginHost = field(repr=False, compare=False)
+
+    @property
+    def version(self) -> str:
+        """A hash over every policy's version and the settings."""
+        blob = json.dumps(
+            [
+                self.settings.model_dump(mode="json"),
+                self.default_policy,
+                {n: p.version for n, p in self.policies.items()},
+            ],
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def load_policies_file(
+    path: str | os.PathLike[str],
+    *,
+    plugins: PluginHost | None = None,
+    events: EventSink | None = None,
+) -> PolicySet:
+    """Read and validate a policy file. See :func:`load_policies`."""
+    name = os.fspath(path)
+    try:
+        data = FilePath(name).read_bytes()
+    except OSError as exc:
+        raise PolicyValidationError(
+            [
+                PolicyIssue(
+                    name,
+                    0,
+                    0,
+                    "",
+                    f"cannot read the file: {exc.strerror or exc}",
+                    "check the path and its permissions",
+                )
+            ]
+        ) from exc
+    return load_policies(data, file=name, plugins=plugins, events=events)
+
+
+def load_policies(
+    text: str | bytes,
+    *,
+    file: str = "<string>",
+    plugins: PluginHost | None = None,
+    events: EventSink | None = None,
+) -> PolicySet:
+    """Validate a policy document, all or nothing.
+
+    Args:
+        text: the YAML text.
+        file: the name to report errors under.
+        plugins: the plugin host to resolve step types with; by default one is built from the
+            file's ``settings.plugins``.
+        events: where ``resilience.policy.loaded`` goes.
+
+    Returns:
+        The validated policies.
+
+    Raises:
+        PolicyValidationError: with every problem in the file, each with line and column.
+        PluginError: a plugin the settings admit failed to load.
+    """
+    located, issues = read_yaml(text, file)
+    if located is None:
+        raise PolicyValidationError(issues)
+    checker = _Checker(file, located, issues)
+    result = checker.check(plugins)
+    if checker.issues or result is None:
+        raise PolicyValidationError(checker.issues)
+    (events or NullSink()).emit(
+        POLICY_LOADED,
+        file=file,
+        policies=list(result.policies),
+        versions={n: p.version for n, p in result.policies.items()},
+    )
+    return result
+
+
+class _Checker:
+    def __init__(self, file: str, located: Located, issues: list[PolicyIssue]) -> None:
+        self.file = file
+        self.located = located
+        self.issues = issues
+
+    def add(self, path: Path, message: str, hint: str = "") -> None:
+        line, col = self.located.position(path)
+        self.issues.append(PolicyIssue(self.file, line, col, format_path(path), message, hint))
+
+    def check(self, plugins: PluginHost | None) -> PolicySet | None:
+        data = self.located.data
+        if not isinstance(data, dict):
+            self.add(
+                (),
+                "the file must be a mapping with 'version' and 'policies'",
+                "start it with 'version: 1'",
+            )
+            return None
+        raw_version = data.get("version")
+        if "version" in data and raw_version != FORMAT_VERSION:
+            self.add(
+                ("version",),
+                f"unknown format version {raw_version!r}",
+                f"this release reads version {FORMAT_VERSION}",
+            )
+            data = {**data, "version": FORMAT_VERSION}
+        try:
+            decl = _FileDecl.model_validate(data)
+        except ValidationError as exc:
+            self.pydantic_issues(exc, (), _FileDecl)
+            decl = None
+        settings = self.settings(data)
+        if plugins is None:
+            plugins = PluginHost(allow=settings.plugins.allow)
+        policies = self.policies(data.get("policies"), decl, plugins)
+        default = data.get("default_policy")
+        if isinstance(default, str) and isinstance(data.get("policies"), dict):
+            known = list(data["policies"])
+            if default not in known:
+                self.add(
+                    ("default_policy",),
+                    f"no policy named {default!r}",
+                    _suggest(default, known, "policy"),
+                )
+        if decl is None or self.issues:
+            return None
+        return PolicySet(self.file, decl.settings, policies, decl.default_policy, plugins)
+
+    def settings(self, data: dict[str, Any]) -> Settings:
+        # Plugins must load before steps can be checked, so settings are read on their own;
+        # their errors were already reported by the file-level validation.
+        try:
+            return Settings.model_validate(data.get("settings") or {})
+        except ValidationError:
+            return Settings()
+
+    def policies(self, raw: Any, decl: _FileDecl | None, plugins: PluginHost) -> dict[str, Policy]:
+        out: dict[str, Policy] = {}
+        if not isinstance(raw, dict):
+            return out
+        for name, body in raw.items():
+            path: Path = ("policies", name)
+            if not _STEP_ID.match(name):
+                self.add(
+                    path,
+                    f"policy name {name!r} is not valid",
+                    "use lowercase letters, digits and '_', starting with a letter",
+                )
+            if not isinstance(body, dict):
+                continue
+            budget = decl.policies[name].budget if decl and name in decl.policies else None
+            ids: dict[str, Path] = {}
+            sections: dict[str, tuple[StepSpec, ...]] = {}
+            for section, kind in _SECTIONS:
+                steps = body.get(section, [])
+                if not isinstance(steps, list):
+                    sections[section] = ()
+                    continue
+                specs = []
+                for index, step in enumerate(steps):
+                    spec = self.step((*path, section, index), step, kind, plugins, ids)
+                    if spec is not None:
+                        specs.append(spec)
+                sections[section] = tuple(specs)
+            self.chain_rules(path, body, sections.get("chain", ()), budget)
+            if budget is None:
+                continue
+            policy = Policy(
+                name=name,
+                description=str(body.get("description", "")),
+                budget=budget,
+                guards=sections["guards"],
+                chain=sections["chain"],
+                post=sections["post"],
+            )
+            digest = hashlib.sha256(
+                json.dumps(policy.normalized(), sort_keys=True).encode()
+            ).hexdigest()[:12]
+            out[name] = replace(policy, version=digest)
+        return out
+
+    def step(
+        self,
+        path: Path,
+        raw: Any,
+        kind: StepKind,
+        plugins: PluginHost,
+        ids: dict[str, Path],
+    ) -> StepSpec | None:
+        if isinstance(raw, str):
+            raw = {"type": raw}
+        if not isinstance(raw, dict):
+            return None  # reported by the file-level model
+        type_name = raw.get("type")
+        if not isinstance(type_name, str):
+            self.add(
+                path,
+                "step has no 'type'",
+                f"add 'type:' with one of: {', '.join(plugins.names(kind))}",
+            )
+            return None
+        step_type = plugins.step_types.get(type_name)
+        if step_type is None or step_type.kind is not kind:
+            self.unknown_type((*path, "type"), type_name, kind, plugins, step_type)
+            return None
+        step_id = raw.get("id", type_name)
+        if not isinstance(step_id, str) or not _STEP_ID.match(step_id):
+            self.add(
+                (*path, "id"),
+                f"step id {step_id!r} is not valid",
+                "use lowercase letters, digits and '_', starting with a letter",
+            )
+            return None
+        if step_id in ids:
+            self.add(
+                (*path, "id") if "id" in raw else path,
+                f"step id {step_id!r} is used twice in this policy "
+                f"(also at {format_path(ids[step_id])})",
+                "give one of them its own 'id:'",
+            )
+            return None
+        ids[step_id] = path
+        params_raw = {k: v for k, v in raw.items() if k not in ("type", "id")}
+        try:
+            params = step_type.Params.model_validate(params_raw)
+        except ValidationError as exc:
+            self.pydantic_issues(exc, path, step_type.Params)
+            return None
+        line, col = self.located.position(path)
+        return StepSpec(step_id, step_type, params, format_path(path), line, col)
+
+    def unknown_type(
+        self,
+        path: Path,
+        name: str,
+        kind: StepKind,
+        plugins: PluginHost,
+        found: StepType | None,
+    ) -> None:
+        if found is not None:
+            section = {StepKind.GUARD: "guards", StepKind.TIER: "chain", StepKind.POST: "post"}
+            self.add(
+                path,
+                f"{name!r} is a {found.kind.value} step, not a {kind.value}",
+                f"move it under '{section[found.kind]}'",
+            )
+            return
+        self.add(
+            path,
+            f"unknown {kind.value} type {name!r}",
+            _suggest(name, plugins.names(kind), f"{kind.value} type"),
+        )
+
+    def chain_rules(
+        self, path: Path, body: dict[str, Any], chain: tuple[StepSpec, ...], budget: float | None
+    ) -> None:
+        raw_chain = body.get("chain")
+        if isinstance(raw_chain, list) and not raw_chain:
+            self.add(
+                (*path, "chain"),
+                "the chain is empty",
+                "list its tiers, ending with a terminal one such as 'unpersonalized'",
+            )
+            return
+        if not chain or not isinstance(raw_chain, list) or len(chain) != len(raw_chain):
+            return  # the broken steps were reported; ordering rules would only add noise
+        for spec in chain[:-1]:
+            if getattr(spec.type, "terminal", False):
+                self.add(
+                    _parse(spec.path),
+                    f"terminal tier {spec.step_id!r} is not last: the tiers after it can never run",
+                    "move it to the end of the chain",
+                )
+        last = chain[-1]
+        if not getattr(last.type, "terminal", False):
+            self.add(
+                _parse(last.path),
+                f"the chain ends with {last.step_id!r}, which can fail",
+                "end the chain with a terminal tier such as 'unpersonalized'",
+            )
+        if budget is None:
+            return
+        for spec in chain:
+            if isinstance(spec.params, TierParams) and spec.params.timeout > budget:
+                self.add(
+                    (*_parse(spec.path), "timeout"),
+                    f"timeout {spec.params.timeout * 1e3:g}ms is above the policy budget "
+                    f"{budget * 1e3:g}ms",
+                    "lower the timeout or raise the budget",
+                )
+
+    def pydantic_issues(self, exc: ValidationError, base: Path, model: type[BaseModel]) -> None:
+        for err in exc.errors():
+            loc: Path = tuple(p for p in err["loc"] if not _is_union_tag(p))
+            path = (*base, *loc)
+            kind = err["type"]
+            if kind == "extra_forbidden":
+                key = str(loc[-1]) if loc else ""
+                allowed = _field_names(model, loc[:-1])
+                self.add(path, f"unknown parameter {key!r}", _suggest(key, allowed, "parameter"))
+            elif kind == "missing":
+                self.add(path, f"missing required key {str(loc[-1])!r}", f"add '{loc[-1]}:'")
+            elif kind == "literal_error" and loc == ("version",):
+                continue  # reported above with its own message
+            else:
+                message = str(err["msg"]).removeprefix("Value error, ")
+                self.add(path, message, _hint(kind, err.get("ctx")))
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the union member's name ("dict[str,any]", "str") to the location.
+    return isinstance(part, str) and ("[" in part or part in ("str", "function-after"))
+
+
+def _field_names(model: type[BaseModel], loc: Path) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = getattr(current, "model_fields", {}).get(part)
+        if info is None:
+            return []
+        current = info.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _suggest(word: str, choices: Sequence[str], what: str) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    if choices:
+        return f"known {what}s: {', '.join(sorted(choices))}"
+    return ""
+
+
+def _hint(kind: str, ctx: Any) -> str:
+    ctx = ctx or {}
+    hints = {
+        "greater_than": f"use a value above {ctx.get('gt')}",
+        "greater_than_equal": f"use a value of at least {ctx.get('ge')}",
+        "less_than": f"use a value below {ctx.get('lt')}",
+        "less_than_equal": f"use a value of at most {ctx.get('le')}",
+        "string_type": "write a string",
+        "int_type": "write a whole number",
+        "int_parsing": "write a whole number",
+        "float_type": "write a number",
+        "float_parsing": "write a number",
+        "bool_type": "write true or false",
+        "bool_parsing": "write true or false",
+        "dict_type": "write a mapping (key: value lines)",
+        "list_type": "write a list ('- item' lines)",
+        "too_short": "add at least one entry",
+        "string_too_short": "write a non-empty string",
+        "value_error": "",
+    }
+    return hints.get(kind, "")
+
+
+def _parse(dotted: str) -> Path:
+    parts: list[str | int] = []
+    for token in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):
+        parts.append(int(token[1:-1]) if token.startswith("[") else token)
+    return tuple(parts)

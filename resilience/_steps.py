@@ -1,0 +1,257 @@
+"""What a step type is: the classes plugin authors subclass, and what they get at build time.
+
+A step type is a class with a YAML ``name``, a ``Params`` model (pydantic, ``extra="forbid"``)
+and a behaviour. There are three kinds:
+
+- :class:`Tier`: one link of the degradation chain; returns :class:`~resilience.Signals`, or
+  ``None`` for a miss.
+- :class:`Guard`: a check before the chain; returns ``None`` to let the chain run, or a short
+  reason to switch personalization off for this request (the terminal tier then serves).
+- :class:`PostStep`: a re-ranking step after the chain; returns the candidates re-ranked.
+
+An instance is built once per policy when the engine is built, from the validated parameters and
+a :class:`BuildContext`; the per-request methods are then plain calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._clock import Clock
+from ._durations import Duration
+from ._events import EventSink
+from ._model import Candidate, RequestContext, Signals
+from ._sources import BoundSource
+
+__all__ = [
+    "BuildContext",
+    "Guard",
+    "PostStep",
+    "SourceName",
+    "SourceRef",
+    "Step",
+    "StepKind",
+    "StepParams",
+    "Tier",
+    "TierParams",
+    "source_fields",
+]
+
+T = TypeVar("T")
+
+
+class StepKind(StrEnum):
+    """Where in a policy a step type may appear."""
+
+    TIER = "tier"  # under ``chain``
+    GUARD = "guard"  # under ``guards``
+    POST = "post"  # under ``post``
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Marks a parameter whose value names a source the embedding code must bind."""
+
+
+#: A parameter naming a source; the engine checks at build time that it is bound.
+SourceName = Annotated[str, SourceRef(), Field(min_length=1)]
+
+
+class StepParams(BaseModel):
+    """Base of every step's parameter model: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+
+class TierParams(StepParams):
+    """Parameters every tier has. Subclasses override ``timeout``'s default."""
+
+    timeout: Duration = Field(
+        default=0.010,
+        gt=0,
+        description="How long this tier may take; the engine gives it the smaller of this and "
+        "what the request has left.",
+    )
+
+
+def source_fields(params: StepParams) -> list[tuple[str, str]]:
+    """``(field, source name)`` for every bound-source parameter set in ``params``."""
+    found: list[tuple[str, str]] = []
+    for name, info in type(params).model_fields.items():
+        if _is_source_annotation(info.annotation, info.metadata):
+            value = getattr(params, name)
+            if isinstance(value, str):
+                found.append((name, value))
+    return found
+
+
+def _is_source_annotation(annotation: Any, metadata: list[Any]) -> bool:
+    if any(isinstance(m, SourceRef) for m in metadata):
+        return True
+    if get_origin(annotation) is Annotated:
+        return any(isinstance(m, SourceRef) for m in get_args(annotation)[1:])
+    # Optional[SourceName] arrives as a Union whose members keep their Annotated metadata.
+    return any(
+        get_origin(arg) is Annotated and any(isinstance(m, SourceRef) for m in get_args(arg)[1:])
+        for arg in get_args(annotation)
+    )
+
+
+class BuildContext:
+    """What a step gets when it is built. Valid only during the build.
+
+    Attributes:
+        policy: the name of the policy being built.
+        step_id: this step's id within the policy.
+        clock: the engine's clocks.
+        events: the engine's event sink, for state changes the step reports.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: str,
+        step_id: str,
+        clock: Clock,
+        events: EventSink,
+        sources: dict[str, BoundSource],
+        shared: dict[object, Any],
+    ) -> None:
+        self.policy = policy
+        self.step_id = step_id
+        self.clock = clock
+        self.events = events
+        self._sources = sources
+        self._shared = shared
+
+    def source(self, name: str) -> BoundSource:
+        """The source bound under ``name``. The engine has checked it is bound."""
+        return self._sources[name]
+
+    def shared(self, key: object, factory: Callable[[], T]) -> T:
+        """An object shared by every step of the engine under ``key``, made on first use.
+
+        Steps use it to share state across policies, e.g. the ``session`` tier feeds the stale
+        cache that the ``stale_cache`` tier reads. Shared objects with a ``close()`` method are
+        closed with the engine.
+        """
+        try:
+            found: T = self._shared[key]
+        except KeyError:
+            found = self._shared[key] = factory()
+        return found
+
+
+class Step:
+    """Base of every step type.
+
+    Class attributes a step type sets:
+        name: its name in YAML (``type: name``); lowercase, unique across installed plugins.
+        Params: its parameter model, a subclass of :class:`StepParams`.
+        kind: set by :class:`Tier`, :class:`Guard` or :class:`PostStep`.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[StepKind]
+    Params: ClassVar[type[StepParams]] = StepParams
+
+    def __init__(self, params: StepParams, context: BuildContext) -> None:
+        # Subclasses that override __init__ call this first: the engine reads step_id.
+        self.params = params
+        self.step_id = context.step_id
+
+    def verify(self) -> str | None:
+        """Check wiring that spans steps, once every step of the engine is built.
+
+        Returns:
+            ``None`` when the step is usable; otherwise what is wrong and how to fix it, which
+            rejects the whole engine build (e.g. a ``stale_cache`` whose cache no tier feeds).
+        """
+        return None
+
+    def close(self) -> None:
+        """Release what the step holds. Called once, when its engine closes."""
+
+
+class Tier(Step):
+    """One link of the degradation chain.
+
+    Subclasses implement :meth:`run`; those that read an async source also implement
+    :meth:`arun` and set ``is_async`` to true when built with one.
+
+    Class attributes:
+        terminal: true for a tier that cannot fail and needs no data (``unpersonalized``).
+            Only a terminal tier may end a chain; its signals are not applied.
+    """
+
+    kind: ClassVar[StepKind] = StepKind.TIER
+    Params: ClassVar[type[StepParams]] = TierParams
+    terminal: ClassVar[bool] = False
+
+    #: True when :meth:`arun` must be awaited (the tier reads an async source).
+    is_async: bool = False
+
+    def __init__(self, params: StepParams, context: BuildContext) -> None:
+        super().__init__(params, context)
+        #: This tier's own timeout in seconds, read once here so a request pays no lookup.
+        self.timeout: float = params.timeout if isinstance(params, TierParams) else 0.010
+
+    def run(self, request: RequestContext, timeout: float) -> Signals | None:
+        """Produce signals for ``request``, or ``None`` for a miss (no data: not a failure).
+
+        Args:
+            request: the request.
+            timeout: seconds this tier has left (its own timeout or what the request has left,
+                whichever is smaller). Pass it on to network clients.
+
+        Raises:
+            Exception: any exception is recorded as the ``error`` outcome.
+        """
+        raise NotImplementedError
+
+    async def arun(self, request: RequestContext, timeout: float) -> Signals | None:
+        """The asyncio form of :meth:`run`; by default it calls :meth:`run`.
+
+        Called only when ``is_async`` is true; the engine cancels it at the deadline.
+        """
+        return self.run(request, timeout)
+
+
+class Guard(Step):
+    """A check that runs before the chain, on memory only (no I/O on the request path)."""
+
+    kind: ClassVar[StepKind] = StepKind.GUARD
+
+    def check(self, request: RequestContext) -> str | None:
+        """``None`` to let the chain run; otherwise a short reason (``"kill_switch"``) to switch
+        personalization off for this request. Exceptions count as ``error`` and let it run."""
+        raise NotImplementedError
+
+
+class PostStep(Step):
+    """A re-ranking step; runs in YAML order after the chain has chosen the signals."""
+
+    kind: ClassVar[StepKind] = StepKind.POST
+
+    def apply(
+        self,
+        request: RequestContext,
+        signals: Signals | None,
+        candidates: Sequence[Candidate],
+    ) -> Sequence[Candidate]:
+        """Return the candidates re-ranked (a list or tuple of :class:`Candidate`).
+
+        Args:
+            request: the request.
+            signals: the signals served, or ``None`` when no personalized tier served.
+            candidates: the candidates as the previous post step left them.
+
+        Anything that is not a list or tuple of candidates is ``garbage``: the previous list
+        stands. Exceptions count as ``error``, with the same effect.
+        """
+        raise NotImplementedError

@@ -1,0 +1,181 @@
+"""The ``resilience`` command: validate and explain policy files, and run the demo.
+
+Exit codes: 0 success; 1 the policy file (or a plugin it admits) is invalid; 2 usage errors.
+Errors go to stderr as ``FILE:LINE:COL: path: what is wrong (how to fix it)``, never as a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ._durations import format_duration
+from ._errors import PluginError, PolicyValidationError
+from ._policy import PolicySet, StepSpec, load_policies_file
+
+__all__ = ["main"]
+
+DEFAULT_PATH = "policies.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        result: int = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resilience",
+        description="Declarative degradation policies for search personalization.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate", help="check a policy file; exit 0 when valid, 1 with every error when not"
+    )
+    validate.add_argument("path", nargs="?", default=DEFAULT_PATH, help="default: %(default)s")
+    validate.add_argument("--format", choices=("text", "json"), default="text")
+    validate.set_defaults(run=_validate)
+
+    explain = commands.add_parser(
+        "explain", help="show each policy's steps in execution order with every parameter"
+    )
+    explain.add_argument("path", nargs="?", default=DEFAULT_PATH, help="default: %(default)s")
+    explain.add_argument("--policy", help="show only this policy")
+    explain.add_argument("--format", choices=("text", "json"), default="text")
+    explain.set_defaults(run=_explain)
+
+    demo = commands.add_parser(
+        "demo", help="send requests through a policy file with healthy, failing and hanging "
+        "in-memory stores, and print each decision trace",
+    )
+    demo.add_argument("path", nargs="?", default=DEFAULT_PATH, help="default: %(default)s")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _load(path: str, fmt: str = "text") -> PolicySet | int:
+    try:
+        return load_policies_file(path)
+    except PolicyValidationError as exc:
+        if fmt == "json":
+            json.dump({"valid": False, "issues": [i.as_dict() for i in exc.issues]}, sys.stdout,
+                      indent=2)
+            sys.stdout.write("\n")
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        count = len(exc.issues)
+        print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
+    except PluginError as exc:
+        if fmt == "json":
+            json.dump({"valid": False, "issues": [{"file": path, "line": 0, "column": 0,
+                       "path": "settings.plugins", "message": str(exc), "hint": ""}]},
+                      sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _validate(args: argparse.Namespace) -> int:
+    loaded = _load(args.path, args.format)
+    if isinstance(loaded, int):
+        return loaded
+    if args.format == "json":
+        json.dump(
+            {"valid": True, "file": args.path, "version": loaded.version,
+             "policies": {n: p.version for n, p in loaded.policies.items()}},
+            sys.stdout, indent=2,
+        )
+        sys.stdout.write("\n")
+    else:
+        names = ", ".join(loaded.policies)
+        print(f"{args.path}: valid ({len(loaded.policies)} polic"
+              f"{'ies' if len(loaded.policies) != 1 else 'y'}: {names})")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    loaded = _load(args.path)
+    if isinstance(loaded, int):
+        return loaded
+    names = list(loaded.policies)
+    if args.policy is not None:
+        if args.policy not in loaded.policies:
+            print(f"{args.path}: no policy named {args.policy!r} (known: {', '.join(names)})",
+                  file=sys.stderr)
+            return 1
+        names = [args.policy]
+    if args.format == "json":
+        out = {n: {"config_version": loaded.policies[n].version,
+                   **loaded.policies[n].normalized()} for n in names}
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    _explain_text(loaded, names, sys.stdout)
+    return 0
+
+
+def _explain_text(loaded: PolicySet, names: list[str], out: TextIO) -> None:
+    default = loaded.default_policy or "(none)"
+    out.write(f"{loaded.file}: file version {loaded.version}, default policy: {default}\n")
+    for name in names:
+        policy = loaded.policies[name]
+        out.write(f"\npolicy {name} [config {policy.version}] budget "
+                  f"{format_duration(policy.budget)}\n")
+        if policy.description:
+            out.write(f"  {policy.description}\n")
+        step_no = 0
+        for section, steps in (("guards", policy.guards), ("chain", policy.chain),
+                               ("post", policy.post)):
+            if not steps:
+                out.write(f"  {section}: (none)\n")
+                continue
+            out.write(f"  {section}:\n")
+            for spec in steps:
+                step_no += 1
+                out.write(f"    {step_no}. {_describe(spec, loaded)}\n")
+                for key, value in spec.params.model_dump(mode="json").items():
+                    out.write(f"         {key}: {_show(value)}\n")
+
+
+def _describe(spec: StepSpec, loaded: PolicySet) -> str:
+    origin = loaded.plugins.origin(spec.type.name)
+    terminal = ", terminal" if getattr(spec.type, "terminal", False) else ""
+    return f"{spec.step_id} (type {spec.type.name}, plugin {origin}{terminal})"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo  # the demo's world is built only when asked for
+
+    loaded = _load(args.path)
+    if isinstance(loaded, int):
+        return loaded
+    return run_demo(loaded, sys.stdout)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Test kit: a controllable clock, fault-injecting sources and a recording event sink.
+
+Importable without pytest. The pytest fixtures built on these live in
+:mod:`resilience.testing.pytest_plugin`, which pytest loads automatically once this package is
+installed (entry point ``pytest11``). See ``docs/testing.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["FakeClock", "FaultySource", "RecordingSink"]
+
+
+class FakeClock:
+    """Both clocks of :class:`resilience.Clock`, moved only by :meth:`advance`.
+
+    Args:
+        wall: the wall-clock reading to start at (seconds since the epoch).
+        monotonic: the monotonic reading to start at.
+    """
+
+    def __init__(self, wall: float = 1_700_000_000.0, monotonic: float = 1_000.0) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def wall(self) -> float:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward by ``seconds``."""
+        if seconds < 0:
+            raise ValueError("a clock does not go back; advance by a non-negative amount")
+        with self._lock:
+            self._monotonic += seconds
+            self._wall += seconds
+
+    def set_wall(self, wall: float) -> None:
+        """Jump the wall clock alone (as NTP may); the monotonic clock is unaffected."""
+        self._wall = wall
+
+
+class RecordingSink:
+    """An event sink that keeps every event, for assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, event: str, /, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+    def names(self) -> list[str]:
+        """The names of the events recorded, in order."""
+        return [name for name, _ in self.events]
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        """The fields of every event called ``name``."""
+        return [fields for event, fields in self.events if event == name]
+
+
+class FaultySource:
+    """A source that serves ``data`` until told to fail, and counts its calls.
+
+    Modes (each returns ``self``, so they chain): :meth:`healthy`, :meth:`misses`, :meth:`raises`,
+    :meth:`slow`, :meth:`hangs`, :meth:`garbage`. Use the instance as a sync source, or
+    :attr:`async_` as an async one; both share the mode and the counters.
+
+    With a :class:`FakeClock`, latency and sync hangs advance the clock instead of sleeping, so
+    the engine sees the overrun and the test runs in no time. An async hang waits until the
+    engine cancels it at its deadline.
+
+    Args:
+        data: key -> value served while healthy; an unknown key is a miss.
+        clock: the fake clock to advance; ``None`` sleeps for real.
+    """
+
+    #: How far a sync hang moves a fake clock (or how long it blocks a real one at most).
+    HANG_SECONDS = 3.0
+
+    def __init__(self, data: Mapping[str, Any] | None = None, clock: FakeClock | None = None):
+        self.data: dict[str, Any] = dict(data or {})
+        self.clock = clock
+        self.calls = 0
+        self.cancelled = 0
+        self._mode = "healthy"
+        self._latency = 0.0
+        self._error: BaseException = ConnectionError("injected fault")
+        self._garbage: Any = b"\x00not-a-record"
+        self._release = threading.Event()
+
+    # --- modes --------------------------------------------------------------------------------
+
+    def healthy(self) -> FaultySource:
+        """Serve ``data`` again, at once."""
+        self._mode, self._latency = "healthy", 0.0
+        self._release.set()
+        self._release = threading.Event()
+        return self
+
+    def misses(self) -> FaultySource:
+        """Return ``None`` for every key."""
+        self._mode = "miss"
+        return self
+
+    def raises(self, error: BaseException | None = None) -> FaultySource:
+        """Raise ``error`` (a :class:`ConnectionError` by default) on every call."""
+        self._mode = "error"
+        if error is not None:
+            self._error = error
+        return self
+
+    def slow(self, seconds: float) -> FaultySource:
+        """Serve ``data`` after ``seconds``."""
+        self._mode, self._latency = "healthy", seconds
+        return self
+
+    def hangs(self) -> FaultySource:
+        """Never answer in time: sync calls block for :attr:`HANG_SECONDS` (advancing a fake
+        clock instead); async calls wait until cancelled."""
+        self._mode = "hang"
+        return self
+
+    def garbage(self, value: Any = None) -> FaultySource:
+        """Return ``value`` (bytes by default): something that is not a valid record."""
+        self._mode = "garbage"
+        if value is not None:
+            self._garbage = value
+        return self
+
+    # --- the source ---------------------------------------------------------------------------
+
+    def __call__(self, key: str) -> Any:
+        self.calls += 1
+        mode = self._mode
+        if mode == "hang":
+            self._wait(self.HANG_SECONDS)
+            return self.data.get(key)
+        if self._latency:
+            self._wait(self._latency)
+        return self._answer(key, mode)
+
+    async def async_(self, key: str) -> Any:
+        """The same source, as a coroutine function."""
+        self.calls += 1
+        mode = self._mode
+        try:
+            if mode == "hang":
+                await asyncio.Event().wait()
+            if self._latency:
+                if self.clock is not None:
+                    self.clock.advance(self._latency)
+                    await asyncio.sleep(0)
+                else:
+                    await asyncio.sleep(self._latency)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return self._answer(key, mode)
+
+    def _answer(self, key: str, mode: str) -> Any:
+        if mode == "error":
+            raise self._error
+        if mode == "miss":
+            return None
+        if mode == "garbage":
+            return self._garbage
+        return self.data.get(key)
+
+    def _wait(self, seconds: float) -> None:
+        if self.clock is not None:
+            self.clock.advance(seconds)
+        else:
+            self._release.wait(seconds)  # healthy() releases a blocked call early
