@@ -43,6 +43,7 @@ class SignalCache:
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._entries: LRUCache[str, _Entry] = LRUCache(maxsize=max_entries)
         self._lock = threading.Lock()
+        self._sized = False
         #: step ids that write / read this cache, for the build-time wiring check.
         self.writers: list[str] = []
         self.readers: list[str] = []
@@ -52,9 +53,11 @@ class SignalCache:
         return int(self._entries.maxsize)
 
     def ensure_capacity(self, max_entries: int) -> None:
-        """Grow to hold ``max_entries``; the largest size any reader declares wins."""
+        """Size the cache for a reader: the first declaration sets it, later ones may only grow
+        it (the largest size any reader declares wins)."""
         with self._lock:
-            if max_entries > self._entries.maxsize:
+            if not self._sized or max_entries > self._entries.maxsize:
+                self._sized = True
                 bigger: LRUCache[str, _Entry] = LRUCache(maxsize=max_entries)
                 bigger.update(self._entries)
                 self._entries = bigger

@@ -15,6 +15,7 @@ from ._engine import Engine
 from ._events import NullSink
 from ._model import Affinities, Candidate, Click, RequestContext, SessionState
 from ._policy import PolicySet
+from ._sources import SourceFunction
 
 __all__ = ["run_demo"]
 
@@ -43,8 +44,11 @@ def _world() -> tuple[_SwitchableStore, dict[str, Any], dict[str, Any], list[Can
     now = time.time()
     sessions = {
         "s-returning": SessionState(
-            (Click("i7", "shoes", now - 40), Click("i9", "shoes", now - 20),
-             Click("i3", "bags", now - 5)),
+            (
+                Click("i7", "shoes", now - 40),
+                Click("i9", "shoes", now - 20),
+                Click("i3", "bags", now - 5),
+            ),
             now - 5,
         ),
         "s-new": SessionState((), None),
@@ -61,14 +65,19 @@ def _world() -> tuple[_SwitchableStore, dict[str, Any], dict[str, Any], list[Can
 def run_demo(policies: PolicySet, out: TextIO) -> int:
     """Run the demo requests through ``policies``; returns the exit code."""
     store, profiles, segments, candidates = _world()
-    sync_sources = {
+    sync_sources: dict[str, SourceFunction] = {
         "session_store": store,
         "profile_store": profiles.get,
         "segment_store": segments.get,
     }
     async_sources = {**sync_sources, "session_store": store.async_}
-    returning = RequestContext(user_id="u-alice", session_id="s-returning",
-                               request_id="r1", query="running shoes", candidates=candidates)
+    returning = RequestContext(
+        user_id="u-alice",
+        session_id="s-returning",
+        request_id="r1",
+        query="running shoes",
+        candidates=candidates,
+    )
 
     def show(title: str, engine: Engine, request: RequestContext, is_async: bool = False) -> None:
         decision = asyncio.run(engine.adecide(request)) if is_async else engine.decide(request)
@@ -83,26 +92,42 @@ def run_demo(policies: PolicySet, out: TextIO) -> int:
     out.write(f"Policies from {policies.file} (version {policies.version})\n")
     with Engine(policies, sync_sources, events=NullSink()) as engine:
         show("returning user, healthy session store", engine, returning)
-        show("same user, new session (no clicks yet): long-term profile", engine,
-             RequestContext(user_id="u-alice", session_id="s-new", request_id="r2"))
-        show("new user without profile, known segment", engine,
-             RequestContext(user_id="u-bob", session_id="s-new", segment="young-urban",
-                            request_id="r3"))
+        show(
+            "same user, new session (no clicks yet): long-term profile",
+            engine,
+            RequestContext(user_id="u-alice", session_id="s-new", request_id="r2"),
+        )
+        show(
+            "new user without profile, known segment",
+            engine,
+            RequestContext(
+                user_id="u-bob", session_id="s-new", segment="young-urban", request_id="r3"
+            ),
+        )
         show("anonymous visitor", engine, RequestContext(request_id="r4"))
         store.mode = "down"
-        show("session store down: last good session state from the stale cache", engine,
-             returning)
+        show("session store down: last good session state from the stale cache", engine, returning)
         store.mode = "slow"
-        show("session store answering in 50ms (sync, blocking): recorded as timeout", engine,
-             returning)
+        show(
+            "session store answering in 50ms (sync, blocking): recorded as timeout",
+            engine,
+            returning,
+        )
         store.mode = "healthy"
-        show("upstream request has only 0.5ms left", engine,
-             RequestContext(user_id="u-alice", session_id="s-returning", time_left=0.0005,
-                            request_id="r7"))
+        show(
+            "upstream request has only 0.5ms left",
+            engine,
+            RequestContext(
+                user_id="u-alice", session_id="s-returning", time_left=0.0005, request_id="r7"
+            ),
+        )
     with Engine(policies, async_sources, events=NullSink()) as engine:
         show("asyncio: healthy session store", engine, returning, is_async=True)
         store.mode = "hang"
-        show("asyncio: session store hangs for 3s; cancelled at its 10ms deadline", engine,
-             RequestContext(user_id="u-alice", session_id="s-returning", request_id="r8"),
-             is_async=True)
+        show(
+            "asyncio: session store hangs for 3s; cancelled at its 10ms deadline",
+            engine,
+            RequestContext(user_id="u-alice", session_id="s-returning", request_id="r8"),
+            is_async=True,
+        )
     return 0

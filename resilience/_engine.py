@@ -295,7 +295,9 @@ class Engine:
                     outcome, detail = _ERROR, type(exc).__name__
                 else:
                     outcome, detail = _classify(result, now() - t0, timeout)
-                records.append(StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6), detail))
+                records.append(
+                    StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6 + 0.5), detail)
+                )
                 if outcome is _OK:
                     served, signals = tier, result
                     break
@@ -344,7 +346,9 @@ class Engine:
                     outcome, detail = _ERROR, type(exc).__name__
                 else:
                     outcome, detail = _classify(result, now() - t0, timeout)
-                records.append(StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6), detail))
+                records.append(
+                    StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6 + 0.5), detail)
+                )
                 if outcome is _OK:
                     served, signals = tier, result
                     break
@@ -374,10 +378,12 @@ class Engine:
                 verdict = guard.check(request)
             except Exception as exc:
                 records.append(
-                    StepRecord(guard.step_id, _ERROR, int((now() - t0) * 1e6), type(exc).__name__)
+                    StepRecord(
+                        guard.step_id, _ERROR, int((now() - t0) * 1e6 + 0.5), type(exc).__name__
+                    )
                 )
                 continue
-            elapsed = int((now() - t0) * 1e6)
+            elapsed = int((now() - t0) * 1e6 + 0.5)
             if verdict is None:
                 records.append(StepRecord(guard.step_id, _OK, elapsed))
             else:
@@ -417,8 +423,8 @@ class Engine:
             served.step_id if served is not None else "",
             reason,
             tuple(records),
-            int((deadline - start) * 1e6),
-            int((now - start) * 1e6),
+            int((deadline - start) * 1e6 + 0.5),
+            int((now - start) * 1e6 + 0.5),
         )
         if self._sample_rate and self._random() < self._sample_rate:
             self._emit_decision(trace)
@@ -443,11 +449,13 @@ class Engine:
                 result = step.apply(request, signals, candidates)
             except Exception as exc:
                 records.append(
-                    StepRecord(step.step_id, _ERROR, int((now() - t0) * 1e6), type(exc).__name__)
+                    StepRecord(
+                        step.step_id, _ERROR, int((now() - t0) * 1e6 + 0.5), type(exc).__name__
+                    )
                 )
                 continue
             t1 = now()
-            elapsed = int((t1 - t0) * 1e6)
+            elapsed = int((t1 - t0) * 1e6 + 0.5)
             if t1 > deadline:
                 records.append(StepRecord(step.step_id, _TIMEOUT, elapsed, "result discarded"))
             elif type(result) not in (list, tuple) or not all(type(c) is Candidate for c in result):
@@ -465,7 +473,7 @@ class Engine:
         reason = Reason.CLOSED if self._closed else Reason.UNKNOWN_POLICY
         name = request.policy or self._default or ""
         trace = Trace(
-            name, "", request.request_id, "", reason, (), 0, int((self._now() - start) * 1e6)
+            name, "", request.request_id, "", reason, (), 0, int((self._now() - start) * 1e6 + 0.5)
         )
         return Decision(None, request.candidates, trace)
 

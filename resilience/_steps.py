@@ -168,6 +168,9 @@ class Step:
     def verify(self) -> str | None:
         """Check wiring that spans steps, once every step of the engine is built.
 
+        A step may also drop wiring it now knows is unused (the ``session`` tier stops feeding
+        a cache that no tier reads).
+
         Returns:
             ``None`` when the step is usable; otherwise what is wrong and how to fix it, which
             rejects the whole engine build (e.g. a ``stale_cache`` whose cache no tier feeds).

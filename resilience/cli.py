@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ._demo import run_demo
 from ._durations import format_duration
 from ._errors import PluginError, PolicyValidationError
 from ._policy import PolicySet, StepSpec, load_policies_file
@@ -59,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_explain)
 
     demo = commands.add_parser(
-        "demo", help="send requests through a policy file with healthy, failing and hanging "
+        "demo",
+        help="send requests through a policy file with healthy, failing and hanging "
         "in-memory stores, and print each decision trace",
     )
     demo.add_argument("path", nargs="?", default=DEFAULT_PATH, help="default: %(default)s")
@@ -72,8 +74,9 @@ def _load(path: str, fmt: str = "text") -> PolicySet | int:
         return load_policies_file(path)
     except PolicyValidationError as exc:
         if fmt == "json":
-            json.dump({"valid": False, "issues": [i.as_dict() for i in exc.issues]}, sys.stdout,
-                      indent=2)
+            json.dump(
+                {"valid": False, "issues": [i.as_dict() for i in exc.issues]}, sys.stdout, indent=2
+            )
             sys.stdout.write("\n")
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -82,9 +85,23 @@ def _load(path: str, fmt: str = "text") -> PolicySet | int:
         return 1
     except PluginError as exc:
         if fmt == "json":
-            json.dump({"valid": False, "issues": [{"file": path, "line": 0, "column": 0,
-                       "path": "settings.plugins", "message": str(exc), "hint": ""}]},
-                      sys.stdout, indent=2)
+            json.dump(
+                {
+                    "valid": False,
+                    "issues": [
+                        {
+                            "file": path,
+                            "line": 0,
+                            "column": 0,
+                            "path": "settings.plugins",
+                            "message": str(exc),
+                            "hint": "",
+                        }
+                    ],
+                },
+                sys.stdout,
+                indent=2,
+            )
             sys.stdout.write("\n")
         print(f"{path}: {exc}", file=sys.stderr)
         return 1
@@ -96,15 +113,22 @@ def _validate(args: argparse.Namespace) -> int:
         return loaded
     if args.format == "json":
         json.dump(
-            {"valid": True, "file": args.path, "version": loaded.version,
-             "policies": {n: p.version for n, p in loaded.policies.items()}},
-            sys.stdout, indent=2,
+            {
+                "valid": True,
+                "file": args.path,
+                "version": loaded.version,
+                "policies": {n: p.version for n, p in loaded.policies.items()},
+            },
+            sys.stdout,
+            indent=2,
         )
         sys.stdout.write("\n")
     else:
         names = ", ".join(loaded.policies)
-        print(f"{args.path}: valid ({len(loaded.policies)} polic"
-              f"{'ies' if len(loaded.policies) != 1 else 'y'}: {names})")
+        print(
+            f"{args.path}: valid ({len(loaded.policies)} polic"
+            f"{'ies' if len(loaded.policies) != 1 else 'y'}: {names})"
+        )
     return 0
 
 
@@ -115,13 +139,17 @@ def _explain(args: argparse.Namespace) -> int:
     names = list(loaded.policies)
     if args.policy is not None:
         if args.policy not in loaded.policies:
-            print(f"{args.path}: no policy named {args.policy!r} (known: {', '.join(names)})",
-                  file=sys.stderr)
+            print(
+                f"{args.path}: no policy named {args.policy!r} (known: {', '.join(names)})",
+                file=sys.stderr,
+            )
             return 1
         names = [args.policy]
     if args.format == "json":
-        out = {n: {"config_version": loaded.policies[n].version,
-                   **loaded.policies[n].normalized()} for n in names}
+        out = {
+            n: {"config_version": loaded.policies[n].version, **loaded.policies[n].normalized()}
+            for n in names
+        }
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
@@ -134,13 +162,17 @@ def _explain_text(loaded: PolicySet, names: list[str], out: TextIO) -> None:
     out.write(f"{loaded.file}: file version {loaded.version}, default policy: {default}\n")
     for name in names:
         policy = loaded.policies[name]
-        out.write(f"\npolicy {name} [config {policy.version}] budget "
-                  f"{format_duration(policy.budget)}\n")
+        out.write(
+            f"\npolicy {name} [config {policy.version}] budget {format_duration(policy.budget)}\n"
+        )
         if policy.description:
             out.write(f"  {policy.description}\n")
         step_no = 0
-        for section, steps in (("guards", policy.guards), ("chain", policy.chain),
-                               ("post", policy.post)):
+        for section, steps in (
+            ("guards", policy.guards),
+            ("chain", policy.chain),
+            ("post", policy.post),
+        ):
             if not steps:
                 out.write(f"  {section}: (none)\n")
                 continue
@@ -169,8 +201,6 @@ def _show(value: Any) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo  # the demo's world is built only when asked for
-
     loaded = _load(args.path)
     if isinstance(loaded, int):
         return loaded

@@ -151,6 +151,12 @@ class SessionTier(Tier):
             (params.source, params.profile_source) if params.profile_source else (params.source,)
         )
 
+    def verify(self) -> str | None:
+        # A cache that no stale_cache tier reads would only cost a write per request.
+        if self._cache is not None and not self._cache.readers:
+            self._cache = None
+        return None
+
     def run(self, request: RequestContext, timeout: float) -> Signals | None:
         session_id = request.session_id
         if not session_id:

@@ -58,8 +58,9 @@ def make_engine(
         options.setdefault("clock", fake_clock)
         options.setdefault("events", recording_sink)
         options.setdefault("seed", 0)
-        engine = Engine(load_policies(text, plugins=options.pop("plugins", None)), sources,
-                        **options)
+        engine = Engine(
+            load_policies(text, plugins=options.pop("plugins", None)), sources, **options
+        )
         made.append(engine)
         return engine
 

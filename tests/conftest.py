@@ -1,0 +1,74 @@
+"""Shared test set-up. The engine fixtures (fake_clock, make_engine, faulty_source,
+recording_sink) come from the package's own pytest plugin, as they would for any user."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from resilience import Affinities, Click, SessionState
+from resilience.testing import FakeClock, FaultySource
+
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_POLICIES = ROOT / "policies.yaml"
+
+
+@pytest.fixture
+def reference_yaml() -> str:
+    """The text of the reference ``policies.yaml``."""
+    return REFERENCE_POLICIES.read_text()
+
+
+class Stores:
+    """The three reference sources as fault-injecting test doubles on the fake clock."""
+
+    def __init__(self, session: Any, profile: Any, segment: Any) -> None:
+        self.session = session
+        self.profile = profile
+        self.segment = segment
+
+    def sync(self) -> dict[str, Any]:
+        """Sources for ``Engine.decide``."""
+        return {
+            "session_store": self.session,
+            "profile_store": self.profile,
+            "segment_store": self.segment,
+        }
+
+    def asyncio(self) -> dict[str, Any]:
+        """The same sources as coroutine functions, for ``Engine.adecide``."""
+        return {
+            "session_store": self.session.async_,
+            "profile_store": self.profile.async_,
+            "segment_store": self.segment.async_,
+        }
+
+
+@pytest.fixture
+def stores(fake_clock: FakeClock, faulty_source: Callable[..., FaultySource]) -> Stores:
+    """A returning user ``u1`` with session ``s1`` (two shoe clicks), a new session ``s-new``,
+    a profile for ``u1`` and segment ``young``."""
+    now = fake_clock.wall()
+    return Stores(
+        faulty_source(
+            {
+                "s1": SessionState(
+                    (Click("i1", "shoes", now - 30), Click("i2", "shoes", now - 10)), now - 10
+                ),
+                "s-new": SessionState((), now),
+            }
+        ),
+        faulty_source({"u1": Affinities({"books": 3.0, "shoes": 1.0})}),
+        faulty_source({"young": Affinities({"electronics": 2.0, "toys": 2.0})}),
+    )

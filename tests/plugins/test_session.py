@@ -1,0 +1,135 @@
+"""The ``session`` tier: blending session clicks into the long-term profile."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from resilience_plugins.tiers.session import SessionParams, blend, session_weight
+
+from resilience import (
+    Affinities,
+    Click,
+    Engine,
+    GarbageData,
+    Outcome,
+    RequestContext,
+    SessionState,
+)
+from resilience.testing import FakeClock
+
+POLICY = """
+version: 1
+default_policy: p
+policies:
+  p:
+    chain:
+      - {{type: session, {params}}}
+      - unpersonalized
+"""
+
+
+def clicks(*categories: str, at: float = 0.0) -> SessionState:
+    return SessionState(
+        tuple(Click(f"i{n}", c, at + n) for n, c in enumerate(categories)), at + len(categories)
+    )
+
+
+def test_session_weight_follows_n_over_n_plus_k() -> None:
+    assert session_weight(1, 3.0, 1.0) == 0.25
+    assert session_weight(3, 3.0, 1.0) == 0.5
+    assert session_weight(30, 3.0, 0.8) == 0.8
+
+
+def test_blend_mixes_session_and_profile_by_weight() -> None:
+    params = SessionParams(max_session_weight=1.0)
+    profile = Affinities({"books": 1.0})
+    categories, _, weight = blend(clicks("shoes"), profile, params, now=0.0)
+    assert weight == 0.25
+    assert categories == {"books": 0.75, "shoes": 0.25}
+
+
+def test_without_a_profile_session_signals_serve_alone() -> None:
+    categories, items, weight = blend(clicks("shoes", "bags"), None, SessionParams(), now=0.0)
+    assert weight == 1.0
+    assert categories == {"shoes": 0.5, "bags": 0.5}
+    assert items == {"i0": 0.5, "i1": 0.5}
+
+
+def test_an_empty_profile_counts_as_none() -> None:
+    _, _, weight = blend(clicks("shoes"), Affinities(), SessionParams(), now=0.0)
+    assert weight == 1.0
+
+
+def test_only_the_newest_clicks_count() -> None:
+    state = clicks("old", "old", "new", "new")
+    categories, _, _ = blend(state, None, SessionParams(max_clicks=2), now=0.0)
+    assert categories == {"new": 1.0}
+
+
+def test_decay_favours_recent_clicks() -> None:
+    state = SessionState((Click("a", "old", 0.0), Click("b", "new", 100.0)), 100.0)
+    categories, _, _ = blend(state, None, SessionParams.model_validate({"decay": "100s"}), 100.0)
+    assert categories["new"] == pytest.approx(1 / (1 + math.exp(-1)))
+
+
+def test_malformed_clicks_are_garbage() -> None:
+    state = SessionState((Click("a", "shoes", "yesterday"),), None)  # type: ignore[arg-type]
+    with pytest.raises(GarbageData):
+        blend(state, None, SessionParams.model_validate({"decay": "1s"}), now=0.0)
+
+
+@given(
+    categories=st.lists(st.sampled_from(["a", "b", "c", None]), min_size=1, max_size=60),
+    profile=st.dictionaries(st.sampled_from(["a", "b", "d"]), st.floats(0, 1e6)),
+    cap=st.floats(0, 1),
+    k=st.floats(0.01, 100),
+)
+def test_blended_weights_are_a_distribution(
+    categories: list[str | None], profile: dict[str, float], cap: float, k: float
+) -> None:
+    state = SessionState(tuple(Click(f"i{n}", c, 0.0) for n, c in enumerate(categories)), 0.0)
+    params = SessionParams(max_session_weight=cap, blend_k=k)
+    out, items, weight = blend(state, Affinities(profile), params, now=0.0)
+    assert 0.0 <= weight <= 1.0
+    for weights in (out, items):
+        if weights:
+            assert sum(weights.values()) == pytest.approx(1.0)
+            assert all(w >= 0 for w in weights.values())
+
+
+def test_the_tier_passes_its_remaining_time_to_the_profile_read(
+    make_engine: Callable[..., Engine], fake_clock: FakeClock
+) -> None:
+    seen: list[float] = []
+
+    def session(key: str, timeout: float) -> SessionState:
+        fake_clock.advance(0.004)
+        return clicks("shoes")
+
+    def profile(key: str, timeout: float) -> Affinities:
+        seen.append(timeout)
+        return Affinities({"books": 1.0})
+
+    engine = make_engine(
+        POLICY.format(params="timeout: 10ms"), {"session_store": session, "profile_store": profile}
+    )
+    decision = engine.decide(RequestContext(user_id="u", session_id="s"))
+    assert seen == [pytest.approx(0.006)]
+    assert decision.signals is not None
+    assert decision.signals.sources == ("session_store", "profile_store")
+
+
+def test_a_session_tier_without_profile_source_reads_one_store(
+    make_engine: Callable[..., Engine],
+) -> None:
+    engine = make_engine(
+        POLICY.format(params="profile_source: null, cache: null"),
+        {"session_store": lambda key: clicks("shoes")},
+    )
+    decision = engine.decide(RequestContext(user_id="u", session_id="s"))
+    assert decision.trace.outcome_of("session") is Outcome.OK
+    assert decision.signals is not None and decision.signals.session_weight == 1.0

@@ -1,0 +1,259 @@
+"""Plugin discovery, the hook contract, and guards and post steps contributed by a plugin."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from resilience import (
+    Candidate,
+    Engine,
+    Outcome,
+    PluginError,
+    PluginHost,
+    Reason,
+    RequestContext,
+    hookspecs,
+    load_policies,
+)
+from resilience.testing import FakeClock
+
+from .conftest import Stores
+from .plugin_fixtures import steps as fixture_steps
+
+
+def entry_point(name: str, module: str) -> EntryPoint:
+    return EntryPoint(name=name, value=module, group="resilience.plugins")
+
+
+BUILTINS = ["profile_only", "segment", "session", "stale_cache", "unpersonalized"]
+
+
+def test_builtins_register_through_the_hook() -> None:
+    host = PluginHost(entry_points_=[])
+    assert host.names() == BUILTINS
+    assert {host.origin(n) for n in BUILTINS} == {"builtin"}
+    builtin = host.manager.get_plugin("builtin")
+    assert host.manager.hook.resilience_step_types.get_hookimpls()[0].plugin is builtin
+
+
+def test_every_hookspec_is_documented() -> None:
+    specs = [
+        obj
+        for name, obj in vars(hookspecs).items()
+        if name.startswith("resilience_") and callable(obj)
+    ]
+    assert specs, "no hookspecs found"
+    for spec in specs:
+        doc = inspect.getdoc(spec) or ""
+        assert "Called" in doc, f"{spec.__name__}: say when it is called"
+        assert ":return:" in doc, f"{spec.__name__}: say what it returns"
+        for param in inspect.signature(spec).parameters:
+            assert f":param {param}:" in doc, f"{spec.__name__}: document {param}"
+
+
+def test_unknown_hook_implementations_are_rejected() -> None:
+    class Typo:
+        @hookspecs.hookimpl
+        def resilience_step_typez(self) -> list[object]:
+            return []
+
+    with pytest.raises(pluggy.PluginValidationError):
+        PluginHost(extra=[Typo()], entry_points_=[])
+
+
+def test_entry_point_plugins_load_and_contribute_steps() -> None:
+    host = PluginHost(entry_points_=[entry_point("acme", "tests.plugin_fixtures.steps")])
+    assert {"off_for", "by_category", "fixed"} <= set(host.names())
+    assert host.origin("off_for") == "acme"
+
+
+def test_the_allowlist_keeps_other_plugins_out() -> None:
+    eps = [
+        entry_point("acme", "tests.plugin_fixtures.steps"),
+        entry_point("broken", "tests.plugin_fixtures.broken"),
+    ]
+    host = PluginHost(allow=["acme"], entry_points_=eps)
+    assert "off_for" in host.names()
+    builtins_only = PluginHost(allow=[], entry_points_=eps)
+    assert builtins_only.names() == BUILTINS
+
+
+def test_a_plugin_that_fails_to_import_is_named() -> None:
+    with pytest.raises(PluginError) as caught:
+        PluginHost(entry_points_=[entry_point("broken", "tests.plugin_fixtures.broken")])
+    message = str(caught.value)
+    assert caught.value.plugin == "broken"
+    assert "acme-sdk" in message
+    assert "settings.plugins.allow" in message
+
+
+def test_a_clashing_step_name_names_both_plugins() -> None:
+    with pytest.raises(PluginError) as caught:
+        PluginHost(entry_points_=[entry_point("clasher", "tests.plugin_fixtures.clash")])
+    message = str(caught.value)
+    assert "'clasher'" in message
+    assert "'session'" in message
+    assert "'builtin'" in message
+
+
+def test_a_hook_returning_garbage_is_named() -> None:
+    with pytest.raises(PluginError, match="bad"):
+        PluginHost(entry_points_=[entry_point("bad", "tests.plugin_fixtures.bad_return")])
+
+
+@pytest.fixture
+def installed_distribution(tmp_path: Path) -> Iterator[None]:
+    """A real distribution on sys.path with an entry point in ``resilience.plugins``."""
+    (tmp_path / "acme_steps_plugin.py").write_text(
+        "from tests.plugin_fixtures.steps import resilience_step_types  # noqa: F401\n"
+    )
+    info = tmp_path / "acme_steps-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-steps\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        textwrap.dedent(
+            """
+            [resilience.plugins]
+            acme = acme_steps_plugin
+            """
+        )
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("acme_steps_plugin", None)
+
+
+@pytest.mark.usefixtures("installed_distribution")
+def test_an_installed_distribution_is_discovered_and_filtered_by_the_allowlist() -> None:
+    host = PluginHost()
+    assert host.origin("off_for") == "acme"
+    text = """
+version: 1
+settings: {plugins: {allow: []}}
+policies:
+  p:
+    chain: [fixed, unpersonalized]
+"""
+    from resilience import PolicyValidationError
+
+    with pytest.raises(PolicyValidationError, match="unknown tier type 'fixed'"):
+        load_policies(text)
+    allowed = load_policies(text.replace("allow: []", "allow: [acme]"))
+    assert allowed.policies["p"].chain[0].type.name == "fixed"
+
+
+# --- guards and post steps contributed by a plugin -------------------------------------------
+
+
+@pytest.fixture
+def plugin_host() -> PluginHost:
+    return PluginHost(extra=[fixture_steps], entry_points_=[])
+
+
+def policy(guards: str = "[]", post: str = "[]") -> str:
+    return f"""
+version: 1
+default_policy: p
+policies:
+  p:
+    guards: {guards}
+    chain: [profile_only, unpersonalized]
+    post: {post}
+"""
+
+
+CANDIDATES = (
+    Candidate("a", 3.0, "shoes"),
+    Candidate("b", 2.0, "books"),
+    Candidate("c", 1.0, "toys"),
+)
+
+
+def test_a_tripped_guard_serves_the_terminal_tier(
+    make_engine: Callable[..., Engine], stores: Stores, plugin_host: PluginHost
+) -> None:
+    engine = make_engine(
+        policy(guards="[{type: off_for, users: [u1]}]"), stores.sync(), plugins=plugin_host
+    )
+    decision = engine.decide(RequestContext(user_id="u1"))
+    assert decision.trace.reason is Reason.GUARD
+    assert decision.trace.served == "unpersonalized"
+    assert decision.trace.outcome_of("off_for") is Outcome.DISABLED
+    assert decision.trace.outcome_of("profile_only") is None
+    assert "listed_user" in str(decision.trace)
+    assert stores.profile.calls == 0
+    other = engine.decide(RequestContext(user_id="u2"))
+    assert other.trace.outcome_of("off_for") is Outcome.OK
+
+
+def test_a_failing_guard_is_recorded_and_the_chain_runs(
+    make_engine: Callable[..., Engine], stores: Stores, plugin_host: PluginHost
+) -> None:
+    engine = make_engine(
+        policy(guards="[{type: off_for, explode: true}]"), stores.sync(), plugins=plugin_host
+    )
+    decision = engine.decide(RequestContext(user_id="u1"))
+    assert decision.trace.outcome_of("off_for") is Outcome.ERROR
+    assert decision.trace.served == "profile_only"
+
+
+def test_post_steps_rerank_in_order(
+    make_engine: Callable[..., Engine], stores: Stores, plugin_host: PluginHost
+) -> None:
+    engine = make_engine(policy(post="[by_category]"), stores.sync(), plugins=plugin_host)
+    decision = engine.decide(RequestContext(user_id="u1", candidates=CANDIDATES))
+    assert [c.item_id for c in decision.candidates] == ["b", "a", "c"]  # books 0.75, shoes 0.25
+    assert decision.trace.outcome_of("by_category") is Outcome.OK
+
+
+@pytest.mark.parametrize(
+    ("mode", "outcome"),
+    [("raise", Outcome.ERROR), ("garbage", Outcome.GARBAGE), ("garbage_items", Outcome.GARBAGE)],
+)
+def test_a_failing_post_step_leaves_the_previous_list(
+    make_engine: Callable[..., Engine],
+    stores: Stores,
+    plugin_host: PluginHost,
+    mode: str,
+    outcome: Outcome,
+) -> None:
+    post = f"[{{type: by_category, id: broken, mode: {mode}}}, by_category]"
+    engine = make_engine(policy(post=post), stores.sync(), plugins=plugin_host)
+    decision = engine.decide(RequestContext(user_id="u1", candidates=CANDIDATES))
+    assert decision.trace.outcome_of("broken") is outcome
+    assert decision.trace.outcome_of("by_category") is Outcome.OK
+    assert [c.item_id for c in decision.candidates] == ["b", "a", "c"]
+
+
+def test_post_steps_are_skipped_when_the_budget_is_spent(
+    make_engine: Callable[..., Engine],
+    stores: Stores,
+    plugin_host: PluginHost,
+    fake_clock: FakeClock,
+) -> None:
+    stores.profile.slow(0.040)
+    engine = make_engine(policy(post="[by_category]"), stores.sync(), plugins=plugin_host)
+    decision = engine.decide(RequestContext(user_id="u1", candidates=CANDIDATES))
+    assert decision.trace.outcome_of("by_category") is Outcome.SKIPPED_BUDGET
+    assert decision.candidates == CANDIDATES
+
+
+def test_a_guard_or_post_type_in_the_wrong_section_is_an_error(plugin_host: PluginHost) -> None:
+    from resilience import PolicyValidationError
+
+    with pytest.raises(PolicyValidationError) as caught:
+        load_policies(policy(guards="[by_category]"), plugins=plugin_host)
+    (issue,) = caught.value.issues
+    assert "'by_category' is a post step, not a guard" in issue.message
+    assert issue.hint == "move it under 'post'"
