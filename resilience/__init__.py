@@ -5,8 +5,6 @@ a search service embeds an :class:`Engine` that runs that declaration on every r
 hard latency budget, and always answers. See ``docs/architecture.md``.
 """
 
-from __future__ import annotations
-
 from ._clock import Clock, SystemClock
 from ._durations import Duration, format_duration, parse_duration
 from ._engine import Engine

@@ -4,13 +4,14 @@ Every event name lives in :data:`EVENTS` with its level and meaning, so that das
 alerts can rely on them. State changes (a policy loaded, an engine closed, an internal error)
 always go out; per-decision events are sampled at the rate ``settings.events.decision_sample_rate``.
 
-The library never configures logging: :class:`StructlogSink` hands events to
-``structlog.get_logger("resilience")``, which renders them however the embedding application set
-structlog up. Event fields never carry a raw user or session id.
+The library never configures logging: :class:`StructlogSink` hands events to structlog as the
+embedding application set it up, or, when it did not, to the standard-library logger
+``resilience`` as JSON lines. Event fields never carry a raw user or session id.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -97,16 +98,40 @@ class NullSink:
 
 
 class StructlogSink:
-    """Sends events to structlog at the level declared in :data:`EVENTS` (``info`` if unknown).
+    """Sends events through structlog at the level declared in :data:`EVENTS`.
+
+    Where they end up is the application's choice, never the library's:
+
+    - if the application configured structlog (``structlog.is_configured()`` when the sink is
+      made), events go to ``structlog.get_logger(logger_name)`` and its processors;
+    - otherwise they are rendered as JSON by a structlog logger local to this sink and handed to
+      the standard-library logger ``logger_name``, which shows nothing until the application
+      configures ``logging`` (warnings and errors reach stderr through ``logging.lastResort``).
+
+    No global configuration of structlog or logging is ever changed.
 
     Args:
-        logger_name: the name bound to the structlog logger.
+        logger_name: the logger's name.
+        logger: a structlog logger to use instead, e.g. one with bound context.
     """
 
     __slots__ = ("_logger",)
 
-    def __init__(self, logger_name: str = "resilience") -> None:
-        self._logger: Any = structlog.get_logger(logger_name)
+    def __init__(self, logger_name: str = "resilience", logger: Any = None) -> None:
+        if logger is None:
+            if structlog.is_configured():
+                logger = structlog.get_logger(logger_name)
+            else:
+                logger = structlog.wrap_logger(
+                    logging.getLogger(logger_name),
+                    processors=[
+                        structlog.processors.add_log_level,
+                        structlog.processors.TimeStamper(fmt="iso", utc=True),
+                        structlog.processors.JSONRenderer(),
+                    ],
+                    wrapper_class=structlog.stdlib.BoundLogger,
+                )
+        self._logger = logger
 
     def emit(self, event: str, /, **fields: Any) -> None:
         spec = EVENTS.get(event)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from math import isfinite
 from types import MappingProxyType
+from typing import NamedTuple
 
 from ._errors import GarbageData
 
@@ -120,12 +121,12 @@ class Affinities:
     updated_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Signals:
+class Signals(NamedTuple):
     """The personalization signals one tier chose for a request.
 
     Weights are normalized so that each mapping sums to 1 (or is empty). Post steps read them to
-    re-rank candidates.
+    re-rank candidates. Immutable; a named tuple because one is built on every request, at a
+    third of a frozen dataclass's cost.
 
     Args:
         categories: category -> weight.

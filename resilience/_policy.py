@@ -275,7 +275,7 @@ class _Checker:
             )
             return None
         raw_version = data.get("version")
-        if "version" in data and raw_version != FORMAT_VERSION:
+        if "version" in data and (type(raw_version) is not int or raw_version != FORMAT_VERSION):
             self.add(
                 ("version",),
                 f"unknown format version {raw_version!r}",
@@ -374,7 +374,11 @@ class _Checker:
             self.add(
                 path,
                 "step has no 'type'",
-                f"add 'type:' with one of: {', '.join(plugins.names(kind))}",
+                _known(
+                    f"add 'type:' with one of: {', '.join(plugins.names(kind))}",
+                    plugins.names(kind),
+                    kind,
+                ),
             )
             return None
         step_type = plugins.step_types.get(type_name)
@@ -467,9 +471,26 @@ class _Checker:
                     "lower the timeout or raise the budget",
                 )
 
+    def data_path(self, base: Path, loc: Path) -> Path:
+        """``loc`` without the parts pydantic adds that are not in the data (union members)."""
+        current: Any = self.located.data
+        for part in base:
+            current = _child(current, part)
+        kept: list[str | int] = []
+        for index, part in enumerate(loc):
+            child = _child(current, part)
+            if child is not _ABSENT:
+                current = child
+            elif index == len(loc) - 1:
+                current = None  # a missing key: keep it, the message names it
+            else:
+                continue  # e.g. "dict[str,any]": the union member pydantic tried
+            kept.append(part)
+        return tuple(kept)
+
     def pydantic_issues(self, exc: ValidationError, base: Path, model: type[BaseModel]) -> None:
         for err in exc.errors():
-            loc: Path = tuple(p for p in err["loc"] if not _is_union_tag(p))
+            loc = self.data_path(base, tuple(err["loc"]))
             path = (*base, *loc)
             kind = err["type"]
             if kind == "extra_forbidden":
@@ -480,14 +501,15 @@ class _Checker:
                 self.add(path, f"missing required key {str(loc[-1])!r}", f"add '{loc[-1]}:'")
             elif kind == "literal_error" and loc == ("version",):
                 continue  # reported above with its own message
+            elif path in self.located.reported:
+                continue  # the reader already said what is wrong with this value
             else:
                 message = str(err["msg"]).removeprefix("Value error, ")
-                self.add(path, message, _hint(kind, err.get("ctx")))
-
-
-def _is_union_tag(part: Any) -> bool:
-    # pydantic adds the union member's name ("dict[str,any]", "str") to the location.
-    return isinstance(part, str) and ("[" in part or part in ("str", "function-after"))
+                hint = _hint(kind, err.get("ctx"))
+                if kind == "value_error" and "; " in message:
+                    # Our validators write "what is wrong; how to fix it".
+                    message, hint = message.split("; ", 1)
+                self.add(path, message, hint)
 
 
 def _field_names(model: type[BaseModel], loc: Path) -> list[str]:
@@ -500,6 +522,22 @@ def _field_names(model: type[BaseModel], loc: Path) -> list[str]:
             return []
         current = info.annotation
     return list(getattr(current, "model_fields", {}))
+
+
+_ABSENT = object()
+
+
+def _child(node: Any, part: str | int) -> Any:
+    """``node[part]`` in parsed YAML, or ``_ABSENT``."""
+    if isinstance(node, dict):
+        return node.get(part, _ABSENT) if isinstance(part, str) else _ABSENT
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return _ABSENT
+
+
+def _known(hint: str, names: Sequence[str], kind: StepKind) -> str:
+    return hint if names else f"no {kind.value} types are installed; remove the step"
 
 
 def _suggest(word: str, choices: Sequence[str], what: str) -> str:
@@ -521,6 +559,7 @@ def _hint(kind: str, ctx: Any) -> str:
         "string_type": "write a string",
         "int_type": "write a whole number",
         "int_parsing": "write a whole number",
+        "int_from_float": "write a whole number",
         "float_type": "write a number",
         "float_parsing": "write a number",
         "bool_type": "write true or false",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -42,9 +41,8 @@ class StepRecord(NamedTuple):
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Trace:
-    """How one decision was reached.
+class Trace(NamedTuple):
+    """How one decision was reached. Immutable (a named tuple: one is built per request).
 
     Attributes:
         policy: the policy run (as requested, for an unknown one).
@@ -95,9 +93,8 @@ def _ms(micros: int) -> str:
     return f"{micros / 1000:.2f}ms"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The engine's answer for one request.
+class Decision(NamedTuple):
+    """The engine's answer for one request. Immutable (a named tuple: one per request).
 
     Attributes:
         signals: the personalization signals to apply, or ``None`` for un-personalized results.

@@ -40,6 +40,8 @@ _CORE = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_CORE}{t}" for t in ("str", "int", "float", "bool", "null")}
 _MAP_TAG = f"{_CORE}map"
 _SEQ_TAG = f"{_CORE}seq"
+_MERGE_TAG = f"{_CORE}merge"
+_TIMESTAMP_TAG = f"{_CORE}timestamp"
 
 
 class _LimitExceededError(Exception):
@@ -58,6 +60,8 @@ class Located:
 
     data: Any
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    #: paths whose value the reader already reported (bad tag, non-finite number)
+    reported: set[Path] = field(default_factory=set)
 
     def position(self, path: Path) -> tuple[int, int]:
         """The position of ``path``, or of its nearest ancestor that has one."""
@@ -89,6 +93,7 @@ class _Builder:
         self.file = file
         self.positions: dict[Path, tuple[int, int]] = {}
         self.issues: list[PolicyIssue] = []
+        self.reported: set[Path] = set()
         self.nodes = 0
         self._constructor = yaml.SafeLoader("")
 
@@ -118,6 +123,7 @@ class _Builder:
         return self._scalar(node, path)
 
     def _bad_tag(self, node: Node, path: Path) -> None:
+        self.reported.add(path)
         self.issue(
             node,
             path,
@@ -128,16 +134,15 @@ class _Builder:
     def _mapping(self, node: MappingNode, path: Path, depth: int) -> dict[str, Any]:
         if node.tag != _MAP_TAG:
             self._bad_tag(node, path)
-        # Merge keys (<<) are flattened by PyYAML's constructor only; here they are just refused.
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                self.issue(key_node, path, "merge keys (<<) are not supported", "write keys out")
+                continue
             if not isinstance(key_node, ScalarNode) or key_node.tag != f"{_CORE}str":
                 self.issue(key_node, path, "mapping keys must be plain strings", "quote the key")
                 continue
             key = str(key_node.value)
-            if key == "<<":
-                self.issue(key_node, path, "merge keys (<<) are not supported", "write keys out")
-                continue
             if key in out:
                 first = self.positions.get((*path, key), (0, 0))
                 self.issue(
@@ -152,12 +157,15 @@ class _Builder:
         return out
 
     def _scalar(self, node: Node, path: Path) -> Any:
+        if node.tag == _TIMESTAMP_TAG and isinstance(node, ScalarNode) and node.style is None:
+            return str(node.value)  # a plain 2024-01-01 means the text; no field takes dates
         if node.tag not in _SCALAR_TAGS:
             self._bad_tag(node, path)
             return None
         assert isinstance(node, ScalarNode)
         value = self._constructor.construct_object(node, deep=True)
         if isinstance(value, float) and not math.isfinite(value):
+            self.reported.add(path)
             self.issue(node, path, f"{node.value!r} is not a finite number", "use a finite value")
             return None
         return value
@@ -250,7 +258,7 @@ def read_yaml(
     except _LimitExceededError as exc:
         line, col = _mark(exc.node)
         return None, [PolicyIssue(file, line, col, "", exc.message, exc.hint)]
-    return Located(data, builder.positions), builder.issues
+    return Located(data, builder.positions, builder.reported), builder.issues
 
 
 def _compose_all(text: str) -> Iterator[Node]:

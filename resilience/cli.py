@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -32,8 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result: int = args.run(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`resilience explain | head`): stop quietly, as cat does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return result
 
 
@@ -78,10 +85,7 @@ def _load(path: str, fmt: str = "text") -> PolicySet | int:
                 {"valid": False, "issues": [i.as_dict() for i in exc.issues]}, sys.stdout, indent=2
             )
             sys.stdout.write("\n")
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        count = len(exc.issues)
-        print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        _report(path, exc)
         return 1
     except PluginError as exc:
         if fmt == "json":
@@ -105,6 +109,13 @@ def _load(path: str, fmt: str = "text") -> PolicySet | int:
             sys.stdout.write("\n")
         print(f"{path}: {exc}", file=sys.stderr)
         return 1
+
+
+def _report(path: str, exc: PolicyValidationError) -> None:
+    for issue in exc.issues:
+        print(issue, file=sys.stderr)
+    count = len(exc.issues)
+    print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -204,7 +215,11 @@ def _demo(args: argparse.Namespace) -> int:
     loaded = _load(args.path)
     if isinstance(loaded, int):
         return loaded
-    return run_demo(loaded, sys.stdout)
+    try:
+        return run_demo(loaded, sys.stdout)
+    except PolicyValidationError as exc:  # unbound sources or wiring, found at engine build
+        _report(args.path, exc)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -102,8 +102,8 @@ def blend(
             items[click.item_id] = items.get(click.item_id, 0.0) + weight
     except (AttributeError, TypeError) as exc:
         raise GarbageData(f"malformed click in session: {exc}") from exc
-    categories = normalize_weights(categories)
-    items = normalize_weights(items)
+    categories = _scaled(categories)
+    items = _scaled(items)
     if profile is None:
         return categories, items, 1.0
     profile_categories = normalize_weights(profile.categories)
@@ -112,6 +112,14 @@ def blend(
         return categories, items, 1.0
     w = session_weight(len(clicks), params.blend_k, params.max_session_weight)
     return _mix(categories, profile_categories, w), _mix(items, profile_items, w), w
+
+
+def _scaled(counts: dict[str, float]) -> dict[str, float]:
+    # Click counts are built above from floats, so they need no validation, only scaling.
+    total = sum(counts.values())
+    if total <= 0.0:
+        return {}
+    return {key: value / total for key, value in counts.items()}
 
 
 def _mix(session: Mapping[str, float], profile: Mapping[str, float], w: float) -> dict[str, float]:

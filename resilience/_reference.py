@@ -1,0 +1,89 @@
+"""Reference tables generated from the step parameter models, for the docs.
+
+``docs/policies.md`` embeds one table per built-in step between markers; the test suite
+regenerates them and fails when a committed table drifts from its model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from ._durations import format_duration
+from ._plugins import PluginHost, StepType
+from ._steps import _is_source_annotation
+
+__all__ = ["parameter_table", "render_parameter_tables"]
+
+
+def parameter_table(step_type: StepType) -> str:
+    """A Markdown table of ``step_type``'s parameters: name, type, default, meaning."""
+    properties = step_type.Params.model_json_schema()["properties"]
+    rows = ["| parameter | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, info in step_type.Params.model_fields.items():
+        kind = _schema_type(properties[name])
+        if _is_source_annotation(info.annotation, info.metadata):
+            kind = kind.replace("string", "source name")
+        rows.append(
+            f"| `{name}` | {kind} | {_default(info)} | "
+            f"{(info.description or '').replace('|', '/')} |"
+        )
+    return "\n".join(rows)
+
+
+def _schema_type(prop: dict[str, Any]) -> str:
+    if "anyOf" in prop:
+        return " or ".join(_schema_type(p) for p in prop["anyOf"])
+    if "(us|ms|s|m|h)" in prop.get("pattern", ""):
+        return "duration"
+    kind = prop.get("type", "any")
+    if kind == "array":
+        return f"list of {_schema_type(prop.get('items', {}))}"
+    return str(kind)
+
+
+def _is_duration(info: FieldInfo) -> bool:
+    return any(type(m).__name__ == "BeforeValidator" for m in info.metadata)
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default is PydanticUndefined and info.default_factory is None:
+        return "required"
+    value: Any = info.get_default(call_default_factory=True)
+    if _is_duration(info) and isinstance(value, float):
+        return f"`{format_duration(value)}`"
+    return f"`{json.dumps(value)}`"
+
+
+_MARKER = re.compile(
+    r"(<!-- params:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /params -->)", re.S
+)
+
+
+def render_parameter_tables(markdown: str, host: PluginHost) -> str:
+    """``markdown`` with every ``<!-- params:NAME -->`` block regenerated from its model."""
+
+    def table(match: re.Match[str]) -> str:
+        step_type = host.step_types[match.group("name")]
+        return f"{match.group(1)}{parameter_table(step_type)}\n{match.group(4)}"
+
+    return _MARKER.sub(table, markdown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m resilience._reference FILE...``: regenerate the tables in place."""
+    host = PluginHost(entry_points_=[])
+    for name in argv if argv is not None else sys.argv[1:]:
+        path = Path(name)
+        path.write_text(render_parameter_tables(path.read_text(), host))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The package as users get it: its public names, its wheel, and its pytest plugin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import resilience
+
+from .conftest import ROOT
+
+pytest_plugins = ["pytester"]
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    # pytest may rewrite the package (it ships a pytest plugin) and add "@py_builtins".
+    public = {n for n in vars(resilience) if n.isidentifier() and not n.startswith("_")}
+    modules = {"cli", "hookspecs", "testing"}  # submodules, importable but not re-exported
+    assert set(resilience.__all__) == public - modules
+    assert len(resilience.__all__) == len(set(resilience.__all__))
+    for name in resilience.__all__:
+        assert getattr(resilience, name) is not None
+
+
+def test_every_module_is_private_except_the_documented_ones() -> None:
+    package = Path(resilience.__file__).parent
+    public = sorted(p.stem for p in package.glob("*.py") if not p.stem.startswith("_"))
+    assert public == ["cli", "hookspecs"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git to list the sources")
+def test_the_wheel_ships_no_bare_plugins_module(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.endswith(".dist-info/RECORD")}
+    assert "plugins" not in tops
+    assert {"resilience", "resilience_plugins"} <= tops
+    assert "resilience/py.typed" in names
+    assert "resilience_plugins/tiers/session.py" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "resilience = resilience.cli:main" in text
+    assert "[pytest11]" in text
+
+
+def test_the_pytest_plugin_gives_fixtures_to_a_fresh_session(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        from resilience import Outcome, RequestContext
+
+        POLICY = '''
+        version: 1
+        default_policy: p
+        policies:
+          p:
+            chain: [profile_only, unpersonalized]
+        '''
+
+        def test_kit(make_engine, faulty_source, fake_clock, recording_sink):
+            profile = faulty_source({}).slow(0.5)
+            engine = make_engine(POLICY, {"profile_store": profile})
+            decision = engine.decide(RequestContext(user_id="u"))
+            assert decision.trace.outcome_of("profile_only") is Outcome.TIMEOUT
+            assert fake_clock.monotonic() >= 1000.5
+            assert "resilience.engine.built" in recording_sink.names()
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
