@@ -99,8 +99,18 @@ class HandWritten:
             session_id = request.session_id
             state = SESSIONS(session_id) if session_id else None
             if type(state) is SessionState and state.clicks:
-                profile = PROFILES(request.user_id) if request.user_id else None
-                signals = self._signals(session_id or "", state, profile)
+                profile = None
+                if request.user_id:
+                    started = now()
+                    wait = min(0.005, timeout - (started - t0))
+                    if wait > 0.0:
+                        try:
+                            profile = PROFILES(request.user_id)
+                        except Exception:
+                            profile = None
+                        if now() - started > wait:
+                            profile = None
+                signals = self._signals(session_id or "", state, profile, t0, timeout)
                 outcome = Outcome.OK
         except GarbageData as exc:
             outcome, detail = Outcome.GARBAGE, str(exc)
@@ -127,8 +137,19 @@ class HandWritten:
                 session_id = request.session_id
                 state = await _async_sessions(session_id) if session_id else None
                 if type(state) is SessionState and state.clicks:
-                    profile = await _async_profiles(request.user_id) if request.user_id else None
-                    signals = self._signals(session_id or "", state, profile)
+                    profile = None
+                    if request.user_id:
+                        started = now()
+                        wait = min(0.005, timeout - (started - t0))
+                        if wait > 0.0:
+                            try:
+                                async with asyncio.timeout(wait):
+                                    profile = await _async_profiles(request.user_id)
+                            except Exception:
+                                profile = None
+                            if now() - started > wait:
+                                profile = None
+                    signals = self._signals(session_id or "", state, profile, t0, timeout)
                     outcome = Outcome.OK
         except TimeoutError:
             outcome, detail = Outcome.TIMEOUT, "cancelled at deadline"
@@ -140,19 +161,20 @@ class HandWritten:
             request, start, deadline, t0, timeout, outcome, detail, signals, records
         )
 
-    def _signals(self, session_id: str, state: SessionState, profile: object) -> Signals:
+    def _signals(
+        self, session_id: str, state: SessionState, profile: object, t0: float, timeout: float
+    ) -> Signals:
         usable = profile if type(profile) is Affinities else None
         wall = time.time()
         categories, items, weight = blend(state, usable, self.params, wall)
-        signals = Signals(
-            categories,
-            items,
-            "session",
-            ("session_store", "profile_store"),
-            weight,
-            state.event_time,
+        sources = (
+            ("session_store", "profile_store")
+            if usable is not None and weight < 1.0
+            else ("session_store",)
         )
-        self.cache.remember(session_id, signals, (len(state.clicks), state.event_time), wall)
+        signals = Signals(categories, items, "session", sources, weight, state.event_time)
+        if time.perf_counter() - t0 <= timeout:
+            self.cache.remember(session_id, signals, wall)
         return signals
 
     def _finish(

@@ -2,14 +2,13 @@
 
 Shared by name through :meth:`resilience.BuildContext.shared`, so one session's last good state
 is kept once per engine, whichever policies read it. A bounded LRU (cachetools) keyed by session
-id; a successful read writes only when the session's data changed, otherwise it refreshes the
-entry's timestamp in place.
+id; a successful read writes only when the signals changed, otherwise it refreshes the entry's
+timestamp in place.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
 
 from cachetools import LRUCache
 
@@ -26,11 +25,10 @@ def cache_key(name: str) -> tuple[str, str]:
 
 
 class _Entry:
-    __slots__ = ("fetched_at", "signals", "version")
+    __slots__ = ("fetched_at", "signals")
 
-    def __init__(self, signals: Signals, version: Hashable, fetched_at: float) -> None:
+    def __init__(self, signals: Signals, fetched_at: float) -> None:
         self.signals = signals
-        self.version = version
         self.fetched_at = fetched_at
 
 
@@ -62,14 +60,18 @@ class SignalCache:
                 bigger.update(self._entries)
                 self._entries = bigger
 
-    def remember(self, key: str, signals: Signals, version: Hashable, now: float) -> None:
-        """Record a successful read. Writes only when ``version`` changed."""
+    def remember(self, key: str, signals: Signals, now: float) -> None:
+        """Record a successful read at wall time ``now``.
+
+        Writes only when the signals differ from the entry's; otherwise only the entry's
+        timestamp moves, in place.
+        """
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry.version == version:
+            if entry is not None and entry.signals == signals:
                 entry.fetched_at = now
             else:
-                self._entries[key] = _Entry(signals, version, now)
+                self._entries[key] = _Entry(signals, now)
 
     def recall(self, key: str) -> tuple[Signals, float] | None:
         """The last good signals for ``key`` and when they were last confirmed, if any."""

@@ -17,7 +17,6 @@ from ._errors import (
     ResilienceError,
     SourceBindingError,
 )
-from ._events import EVENTS, EventSink, EventSpec, NullSink, StructlogSink, register_event
 from ._model import (
     Affinities,
     Candidate,
@@ -31,6 +30,8 @@ from ._outcomes import FAILURE_OUTCOMES, Outcome
 from ._plugins import ENTRY_POINT_GROUP, PluginHost
 from ._policy import (
     FORMAT_VERSION,
+    EventSettings,
+    PluginSettings,
     Policy,
     PolicySet,
     Settings,
@@ -51,6 +52,7 @@ from ._steps import (
     TierParams,
 )
 from ._trace import Decision, Reason, StepRecord, Trace
+from .events import EVENTS, EventSink, EventSpec, NullSink, StructlogSink, register_event
 from .hookspecs import hookimpl
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "Decision",
     "Duration",
     "Engine",
+    "EventSettings",
     "EventSink",
     "EventSpec",
     "GarbageData",
@@ -76,6 +79,7 @@ __all__ = [
     "Outcome",
     "PluginError",
     "PluginHost",
+    "PluginSettings",
     "Policy",
     "PolicyError",
     "PolicyIssue",

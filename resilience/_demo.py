@@ -12,10 +12,10 @@ import time
 from typing import Any, TextIO
 
 from ._engine import Engine
-from ._events import NullSink
 from ._model import Affinities, Candidate, Click, RequestContext, SessionState
 from ._policy import PolicySet
 from ._sources import SourceFunction
+from .events import NullSink
 
 __all__ = ["run_demo"]
 

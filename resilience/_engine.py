@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -26,14 +27,6 @@ from ._errors import (
     PolicyValidationError,
     SourceBindingError,
 )
-from ._events import (
-    DECISION,
-    ENGINE_BUILT,
-    ENGINE_CLOSED,
-    ENGINE_INTERNAL_ERROR,
-    EventSink,
-    StructlogSink,
-)
 from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
 from ._plugins import PluginHost
@@ -41,6 +34,14 @@ from ._policy import Policy, PolicySet, load_policies, load_policies_file
 from ._sources import BoundSource, SourceFunction
 from ._steps import BuildContext, Guard, PostStep, Step, Tier, source_fields
 from ._trace import Decision, Reason, StepRecord, Trace
+from .events import (
+    DECISION,
+    ENGINE_BUILT,
+    ENGINE_CLOSED,
+    ENGINE_INTERNAL_ERROR,
+    EventSink,
+    StructlogSink,
+)
 
 __all__ = ["Engine"]
 
@@ -72,6 +73,50 @@ class _Plan:
         self.tiers = tiers
         self.terminal = tiers[-1:]
         self.post = post
+
+
+def _slot(tier: Tier, left: float) -> float | None:
+    """The seconds ``tier`` may take when the request has ``left``; ``None``: skip it."""
+    if left >= tier.timeout:
+        return tier.timeout
+    if left > 0.0:
+        return left
+    if tier.terminal:  # needs no data and cannot fail: it runs on an empty budget
+        return tier.timeout
+    return None
+
+
+def _failure(exc: BaseException) -> tuple[Outcome, str]:
+    """The outcome of a step that raised ``exc``."""
+    if isinstance(exc, GarbageData):
+        return _GARBAGE, str(exc)[:200]
+    if isinstance(exc, TimeoutError):  # e.g. a socket timeout set from the step's budget
+        return _TIMEOUT, type(exc).__name__
+    return _ERROR, type(exc).__name__
+
+
+def _propagate_cancellation() -> None:
+    """Re-raise the caller's cancellation if a step swallowed or converted it.
+
+    ``asyncio.timeout`` uncancels what it cancelled itself, so anything left pending here is
+    the caller's: it must win over any outcome.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _run_sync(
+    tier: Tier, request: RequestContext, timeout: float, t0: float, now: Callable[[], float]
+) -> tuple[Outcome, str, Signals | None]:
+    """Call a sync tier and classify what it did; shared by ``decide`` and ``adecide``."""
+    try:
+        result = tier.run(request, timeout)
+    except (Exception, asyncio.CancelledError) as exc:
+        outcome, detail = _failure(exc)
+        return outcome, detail, None
+    outcome, detail = _classify(result, now() - t0, timeout)
+    return outcome, detail, result
 
 
 def _classify(result: object, elapsed: float, timeout: float) -> tuple[Outcome, str]:
@@ -147,19 +192,21 @@ class Engine:
         **options: Any,
     ) -> Engine:
         """Validate ``text`` and build an engine from it. See :func:`load_policies`."""
-        return cls(load_policies(text, plugins=plugins), sources, **options)
+        events = options.get("events")
+        return cls(load_policies(text, plugins=plugins, events=events), sources, **options)
 
     @classmethod
     def from_file(
         cls,
-        path: str,
+        path: str | os.PathLike[str],
         sources: Mapping[str, SourceFunction] | None = None,
         *,
         plugins: PluginHost | None = None,
         **options: Any,
     ) -> Engine:
         """Validate the file at ``path`` and build an engine from it."""
-        return cls(load_policies_file(path, plugins=plugins), sources, **options)
+        events = options.get("events")
+        return cls(load_policies_file(path, plugins=plugins, events=events), sources, **options)
 
     def _bind(
         self, policies: PolicySet, sources: Mapping[str, SourceFunction]
@@ -267,34 +314,21 @@ class Engine:
             start = self._now()
             plan = self._plans.get(request.policy or self._default or "")
             if plan is None or self._closed:
-                return self._no_plan(request, start)
+                return self._no_plan(request, start, plan)
             deadline, records, tiers, reason = self._begin(plan, request, start)
             now = self._now
             served: Tier | None = None
             signals: Signals | None = None
             for tier in tiers:
                 t0 = now()
-                left = deadline - t0
-                if left >= tier.timeout:
-                    timeout = tier.timeout
-                elif left > 0.0:
-                    timeout = left
-                elif tier.terminal:  # needs no data and cannot fail: it runs on an empty budget
-                    timeout = tier.timeout
-                else:
+                timeout = _slot(tier, deadline - t0)
+                if timeout is None:
                     records.append(StepRecord(tier.step_id, _SKIPPED, 0))
                     continue
                 if tier.is_async:
                     records.append(StepRecord(tier.step_id, _ERROR, 0, "async tier in decide()"))
                     continue
-                try:
-                    result = tier.run(request, timeout)
-                except GarbageData as exc:
-                    outcome, detail = _GARBAGE, str(exc)[:200]
-                except Exception as exc:
-                    outcome, detail = _ERROR, type(exc).__name__
-                else:
-                    outcome, detail = _classify(result, now() - t0, timeout)
+                outcome, detail, result = _run_sync(tier, request, timeout, t0, now)
                 records.append(
                     StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6 + 0.5), detail)
                 )
@@ -306,7 +340,8 @@ class Engine:
             return self._internal_error(request, exc)
 
     async def adecide(self, request: RequestContext) -> Decision:
-        """The asyncio form of :meth:`decide`. Never raises (except for its own cancellation).
+        """The asyncio form of :meth:`decide`. Never raises, except to propagate the caller's
+        own cancellation.
 
         Async tiers are awaited under their deadline and cancelled when it passes; sync tiers are
         called directly, with no thread hop.
@@ -315,37 +350,33 @@ class Engine:
             start = self._now()
             plan = self._plans.get(request.policy or self._default or "")
             if plan is None or self._closed:
-                return self._no_plan(request, start)
+                return self._no_plan(request, start, plan)
             deadline, records, tiers, reason = self._begin(plan, request, start)
             now = self._now
             served: Tier | None = None
             signals: Signals | None = None
             for tier in tiers:
                 t0 = now()
-                left = deadline - t0
-                if left >= tier.timeout:
-                    timeout = tier.timeout
-                elif left > 0.0:
-                    timeout = left
-                elif tier.terminal:  # needs no data and cannot fail: it runs on an empty budget
-                    timeout = tier.timeout
-                else:
+                timeout = _slot(tier, deadline - t0)
+                if timeout is None:
                     records.append(StepRecord(tier.step_id, _SKIPPED, 0))
                     continue
-                try:
-                    if tier.is_async:
-                        async with asyncio.timeout(timeout):
+                if tier.is_async:
+                    cutoff = asyncio.timeout(timeout)
+                    try:
+                        async with cutoff:
                             result = await tier.arun(request, timeout)
+                    except (Exception, asyncio.CancelledError) as exc:
+                        _propagate_cancellation()
+                        if cutoff.expired():
+                            outcome, detail = _TIMEOUT, "cancelled at deadline"
+                        else:
+                            outcome, detail = _failure(exc)
                     else:
-                        result = tier.run(request, timeout)
-                except TimeoutError:
-                    outcome, detail = _TIMEOUT, "cancelled at deadline"
-                except GarbageData as exc:
-                    outcome, detail = _GARBAGE, str(exc)[:200]
-                except Exception as exc:
-                    outcome, detail = _ERROR, type(exc).__name__
+                        _propagate_cancellation()
+                        outcome, detail = _classify(result, now() - t0, timeout)
                 else:
-                    outcome, detail = _classify(result, now() - t0, timeout)
+                    outcome, detail, result = _run_sync(tier, request, timeout, t0, now)
                 records.append(
                     StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6 + 0.5), detail)
                 )
@@ -362,7 +393,7 @@ class Engine:
         """Set the deadline and run the guards; returns the tiers the chain may try."""
         budget = plan.budget
         time_left = request.time_left
-        if time_left is not None and time_left < budget:
+        if time_left is not None and not time_left >= budget:  # NaN counts as nothing left
             budget = time_left if time_left > 0.0 else 0.0
         deadline = start + budget
         records: list[StepRecord] = []
@@ -469,32 +500,43 @@ class Engine:
 
     # --- the rare paths -------------------------------------------------------------------------
 
-    def _no_plan(self, request: RequestContext, start: float) -> Decision:
+    def _no_plan(self, request: RequestContext, start: float, plan: _Plan | None) -> Decision:
         reason = Reason.CLOSED if self._closed else Reason.UNKNOWN_POLICY
         name = request.policy or self._default or ""
         trace = Trace(
-            name, "", request.request_id, "", reason, (), 0, int((self._now() - start) * 1e6 + 0.5)
+            name,
+            plan.version if plan is not None else "",
+            request.request_id,
+            "",
+            reason,
+            (),
+            0,
+            int((self._now() - start) * 1e6 + 0.5),
         )
         return Decision(None, request.candidates, trace)
 
-    def _internal_error(self, request: RequestContext, exc: Exception) -> Decision:
-        with contextlib.suppress(Exception):
+    def _internal_error(self, request: object, exc: Exception) -> Decision:
+        # The request itself may be what is broken: read it defensively.
+        name = getattr(request, "policy", None) or self._default or ""
+        if not isinstance(name, str):
+            name = repr(name)
+        with contextlib.suppress(Exception):  # a broken sink must not turn a bug into a crash
             self._events.emit(
-                ENGINE_INTERNAL_ERROR,
-                policy=request.policy or self._default,
-                error=f"{type(exc).__name__}: {exc}",
+                ENGINE_INTERNAL_ERROR, policy=name, error=f"{type(exc).__name__}: {exc}"
             )
+        plan = self._plans.get(name)
+        candidates = getattr(request, "candidates", ())
         trace = Trace(
-            request.policy or self._default or "",
-            "",
-            request.request_id,
+            name,
+            plan.version if plan is not None else "",
+            str(getattr(request, "request_id", "")),
             "",
             Reason.INTERNAL_ERROR,
             (),
             0,
             0,
         )
-        return Decision(None, request.candidates, trace)
+        return Decision(None, candidates if isinstance(candidates, list | tuple) else (), trace)
 
     def _emit_decision(self, trace: Trace) -> None:
         with contextlib.suppress(Exception):

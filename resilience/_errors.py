@@ -16,6 +16,7 @@ The engine never raises to its caller: it turns every failure of a step into a r
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -109,3 +110,20 @@ class GarbageData(ResilienceError, ValueError):  # noqa: N818 - names the outcom
 
     Raise it from a tier or post step instead of returning half-parsed data.
     """
+
+    @classmethod
+    def unexpected(cls, value: object, expected: str, source: str) -> GarbageData:
+        """The error for a source that returned ``value`` where ``expected`` was due.
+
+        An awaitable from a source called synchronously (a lambda or sync wrapper around an
+        async client) is closed, so that it does not warn "never awaited", and named as such.
+        """
+        if inspect.isawaitable(value):
+            close = getattr(value, "close", None)
+            if callable(close):
+                close()
+            return cls(
+                f"source {source!r} returned an awaitable to sync code: bind the async "
+                "function itself, not a sync wrapper around it"
+            )
+        return cls(f"source {source!r} returned {type(value).__name__}, not {expected}")

@@ -18,12 +18,11 @@ from types import ModuleType
 from typing import Any
 
 import pluggy
-from pydantic import BaseModel
 
 from . import hookspecs
 from ._errors import PluginError
-from ._events import PLUGIN_LOADED, EventSink, NullSink
-from ._steps import Guard, PostStep, Step, StepKind, StepParams, Tier
+from ._steps import Guard, PostStep, Step, StepKind, StepParams, Tier, TierParams
+from .events import PLUGIN_LOADED, EventSink, NullSink
 
 __all__ = ["ENTRY_POINT_GROUP", "PluginHost", "StepType"]
 
@@ -125,8 +124,14 @@ class PluginHost:
                 "set a class attribute name in lowercase letters, digits and '_'",
             )
         params = getattr(step_type, "Params", None)
-        if not (inspect.isclass(params) and issubclass(params, StepParams | BaseModel)):
-            raise PluginError(plugin, f"step type {name!r} has no Params model")
+        needed = TierParams if issubclass(step_type, Tier) else StepParams
+        if not (inspect.isclass(params) and issubclass(params, needed)):
+            raise PluginError(
+                plugin,
+                f"step type {name!r} has Params {params!r}; it must subclass "
+                f"resilience.{needed.__name__} (which rejects unknown keys"
+                f"{' and declares the timeout' if needed is TierParams else ''})",
+            )
         if name in self.step_types:
             other = self._origin[name]
             raise PluginError(

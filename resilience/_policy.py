@@ -22,13 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._durations import Duration, format_duration
 from ._errors import PolicyIssue, PolicyValidationError
-from ._events import POLICY_LOADED, EventSink, NullSink
 from ._plugins import PluginHost, StepType
-from ._steps import StepKind, StepParams, TierParams
+from ._steps import StepKind, StepParams, TierParams, source_fields
 from ._yaml import Located, Path, format_path, read_yaml
+from .events import POLICY_LOADED, EventSink, NullSink
 
 __all__ = [
     "FORMAT_VERSION",
+    "EventSettings",
+    "PluginSettings",
     "Policy",
     "PolicySet",
     "Settings",
@@ -40,7 +42,7 @@ __all__ = [
 #: The policy file format this release reads.
 FORMAT_VERSION = 1
 
-_STEP_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+_STEP_ID = re.compile(r"[a-z][a-z0-9_]*")
 _SECTIONS: tuple[tuple[str, StepKind], ...] = (
     ("guards", StepKind.GUARD),
     ("chain", StepKind.TIER),
@@ -49,7 +51,9 @@ _SECTIONS: tuple[tuple[str, StepKind], ...] = (
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML already typed every value; "yes", "3" or 5.0 where a number, a whole number
+    # or a bool is meant are mistakes to report, not to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PluginSettings(_Strict):
@@ -84,9 +88,10 @@ class Settings(_Strict):
 class _PolicyDecl(_Strict):
     description: str = ""
     budget: Duration = Field(default=0.030, gt=0)
-    guards: list[dict[str, Any] | str] = []
-    chain: list[dict[str, Any] | str]
-    post: list[dict[str, Any] | str] = []
+    # Each step is checked by _Checker.step against its own type's model.
+    guards: list[Any] = []
+    chain: list[Any]
+    post: list[Any] = []
 
 
 class _FileDecl(_Strict):
@@ -176,6 +181,15 @@ class PolicySet:
     default_policy: str | None
     plugins: PluginHost = field(repr=False, compare=False)
 
+    def source_names(self) -> dict[str, list[str]]:
+        """Every source name the policies use -> the parameters that name it (dotted paths)."""
+        found: dict[str, list[str]] = {}
+        for policy in self.policies.values():
+            for spec in policy.steps():
+                for field_name, source in source_fields(spec.params):
+                    found.setdefault(source, []).append(f"{spec.path}.{field_name}")
+        return found
+
     @property
     def version(self) -> str:
         """A hash over every policy's version and the settings."""
@@ -242,7 +256,7 @@ def load_policies(
     located, issues = read_yaml(text, file)
     if located is None:
         raise PolicyValidationError(issues)
-    checker = _Checker(file, located, issues)
+    checker = _Checker(file, located, issues, events)
     result = checker.check(plugins)
     if checker.issues or result is None:
         raise PolicyValidationError(checker.issues)
@@ -256,10 +270,13 @@ def load_policies(
 
 
 class _Checker:
-    def __init__(self, file: str, located: Located, issues: list[PolicyIssue]) -> None:
+    def __init__(
+        self, file: str, located: Located, issues: list[PolicyIssue], events: EventSink | None
+    ) -> None:
         self.file = file
         self.located = located
         self.issues = issues
+        self.events = events
 
     def add(self, path: Path, message: str, hint: str = "") -> None:
         line, col = self.located.position(path)
@@ -289,7 +306,7 @@ class _Checker:
             decl = None
         settings = self.settings(data)
         if plugins is None:
-            plugins = PluginHost(allow=settings.plugins.allow)
+            plugins = PluginHost(allow=settings.plugins.allow, events=self.events)
         policies = self.policies(data.get("policies"), decl, plugins)
         default = data.get("default_policy")
         if isinstance(default, str) and isinstance(data.get("policies"), dict):
@@ -306,11 +323,22 @@ class _Checker:
 
     def settings(self, data: dict[str, Any]) -> Settings:
         # Plugins must load before steps can be checked, so settings are read on their own;
-        # their errors were already reported by the file-level validation.
-        try:
-            return Settings.model_validate(data.get("settings") or {})
-        except ValidationError:
+        # their errors were already reported by the file-level validation. An invalid part
+        # must not widen what loads: a broken allowlist admits built-ins only.
+        raw = data.get("settings")
+        if raw is None:
             return Settings()
+        try:
+            return Settings.model_validate(raw)
+        except ValidationError:
+            pass
+        if not isinstance(raw, dict):
+            return Settings(plugins=PluginSettings(allow=[]))
+        try:
+            allowed = PluginSettings.model_validate(raw.get("plugins", {}))
+        except ValidationError:
+            allowed = PluginSettings(allow=[])
+        return Settings(plugins=allowed)
 
     def policies(self, raw: Any, decl: _FileDecl | None, plugins: PluginHost) -> dict[str, Policy]:
         out: dict[str, Policy] = {}
@@ -318,7 +346,7 @@ class _Checker:
             return out
         for name, body in raw.items():
             path: Path = ("policies", name)
-            if not _STEP_ID.match(name):
+            if not isinstance(name, str) or not _STEP_ID.fullmatch(name):
                 self.add(
                     path,
                     f"policy name {name!r} is not valid",
@@ -368,7 +396,13 @@ class _Checker:
         if isinstance(raw, str):
             raw = {"type": raw}
         if not isinstance(raw, dict):
-            return None  # reported by the file-level model
+            if path not in self.located.reported:
+                self.add(
+                    path,
+                    f"a step is a type name or a mapping, not {_kind_of(raw)}",
+                    "write '- unpersonalized' or '- {type: session, timeout: 10ms}'",
+                )
+            return None
         type_name = raw.get("type")
         if not isinstance(type_name, str):
             self.add(
@@ -386,7 +420,7 @@ class _Checker:
             self.unknown_type((*path, "type"), type_name, kind, plugins, step_type)
             return None
         step_id = raw.get("id", type_name)
-        if not isinstance(step_id, str) or not _STEP_ID.match(step_id):
+        if not isinstance(step_id, str) or not _STEP_ID.fullmatch(step_id):
             self.add(
                 (*path, "id"),
                 f"step id {step_id!r} is not valid",
@@ -493,6 +527,8 @@ class _Checker:
             loc = self.data_path(base, tuple(err["loc"]))
             path = (*base, *loc)
             kind = err["type"]
+            if path in self.located.reported:
+                continue  # the reader already said what is wrong with this value
             if kind == "extra_forbidden":
                 key = str(loc[-1]) if loc else ""
                 allowed = _field_names(model, loc[:-1])
@@ -501,8 +537,12 @@ class _Checker:
                 self.add(path, f"missing required key {str(loc[-1])!r}", f"add '{loc[-1]}:'")
             elif kind == "literal_error" and loc == ("version",):
                 continue  # reported above with its own message
-            elif path in self.located.reported:
-                continue  # the reader already said what is wrong with this value
+            elif kind in ("model_type", "dict_type"):
+                self.add(
+                    path,
+                    f"expected a mapping, not {_kind_of(err.get('input'))}",
+                    "write 'key: value' lines under it",
+                )
             else:
                 message = str(err["msg"]).removeprefix("Value error, ")
                 hint = _hint(kind, err.get("ctx"))
@@ -525,6 +565,19 @@ def _field_names(model: type[BaseModel], loc: Path) -> list[str]:
 
 
 _ABSENT = object()
+
+
+def _kind_of(value: Any) -> str:
+    names = {
+        type(None): "null",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a mapping",
+    }
+    return names.get(type(value), type(value).__name__)
 
 
 def _child(node: Any, part: str | int) -> Any:

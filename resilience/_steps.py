@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._clock import Clock
 from ._durations import Duration
-from ._events import EventSink
 from ._model import Candidate, RequestContext, Signals
 from ._sources import BoundSource
+from .events import EventSink
 
 __all__ = [
     "BuildContext",
@@ -63,9 +63,13 @@ SourceName = Annotated[str, SourceRef(), Field(min_length=1)]
 
 
 class StepParams(BaseModel):
-    """Base of every step's parameter model: frozen, and unknown keys are errors."""
+    """Base of every step's parameter model: frozen, strict, and unknown keys are errors.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+    Strict because YAML already typed every value: ``"3"``, ``yes`` or ``5.0`` where a number,
+    a bool or a whole number is meant are mistakes to report, not to coerce.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TierParams(StepParams):
@@ -201,8 +205,9 @@ class Tier(Step):
 
     def __init__(self, params: StepParams, context: BuildContext) -> None:
         super().__init__(params, context)
+        assert isinstance(params, TierParams), "the plugin host admits only TierParams"
         #: This tier's own timeout in seconds, read once here so a request pays no lookup.
-        self.timeout: float = params.timeout if isinstance(params, TierParams) else 0.010
+        self.timeout: float = params.timeout
 
     def run(self, request: RequestContext, timeout: float) -> Signals | None:
         """Produce signals for ``request``, or ``None`` for a miss (no data: not a failure).

@@ -71,6 +71,27 @@ class Trace(NamedTuple):
                 return record.outcome
         return None
 
+    def as_dict(self) -> dict[str, object]:
+        """The trace as plain data (JSON-ready), e.g. to attach to the service's own logs."""
+        return {
+            "policy": self.policy,
+            "config_version": self.config_version,
+            "request_id": self.request_id,
+            "served": self.served,
+            "reason": self.reason.value,
+            "budget_us": self.budget_us,
+            "used_us": self.used_us,
+            "steps": [
+                {
+                    "step": r.step,
+                    "outcome": r.outcome.value,
+                    "elapsed_us": r.elapsed_us,
+                    "detail": r.detail,
+                }
+                for r in self.steps
+            ],
+        }
+
     def __str__(self) -> str:
         head = (
             f"{self.policy}@{self.config_version or '-'} served {self.served or 'nothing'} "

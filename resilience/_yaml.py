@@ -141,6 +141,7 @@ class _Builder:
                 continue
             if not isinstance(key_node, ScalarNode) or key_node.tag != f"{_CORE}str":
                 self.issue(key_node, path, "mapping keys must be plain strings", "quote the key")
+                self.reported.add(path)
                 continue
             key = str(key_node.value)
             if key in out:
@@ -163,7 +164,15 @@ class _Builder:
             self._bad_tag(node, path)
             return None
         assert isinstance(node, ScalarNode)
-        value = self._constructor.construct_object(node, deep=True)
+        try:
+            value = self._constructor.construct_object(node, deep=True)
+        except (ValueError, yaml.YAMLError) as exc:  # e.g. an int of more than 4,300 digits
+            self.reported.add(path)
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            self.issue(
+                node, path, f"value cannot be read: {reason}", "write a smaller or plainer value"
+            )
+            return None
         if isinstance(value, float) and not math.isfinite(value):
             self.reported.add(path)
             self.issue(node, path, f"{node.value!r} is not a finite number", "use a finite value")

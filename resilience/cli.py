@@ -16,8 +16,10 @@ from typing import Any, TextIO
 
 from ._demo import run_demo
 from ._durations import format_duration
+from ._engine import Engine
 from ._errors import PluginError, PolicyValidationError
 from ._policy import PolicySet, StepSpec, load_policies_file
+from .events import NullSink
 
 __all__ = ["main"]
 
@@ -76,9 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str, fmt: str = "text") -> PolicySet | int:
+def _load(path: str, fmt: str = "text", *, build: bool = False) -> PolicySet | int:
     try:
-        return load_policies_file(path)
+        loaded = load_policies_file(path)
+        if build:
+            # Wiring across steps is checked when an engine is built; build one on stand-in
+            # sources so that CI sees those errors too. Real sources are bound by the service.
+            stand_ins = dict.fromkeys(loaded.source_names(), _stand_in)
+            Engine(loaded, stand_ins, events=NullSink()).close()
+        return loaded
     except PolicyValidationError as exc:
         if fmt == "json":
             json.dump(
@@ -111,6 +119,10 @@ def _load(path: str, fmt: str = "text") -> PolicySet | int:
         return 1
 
 
+def _stand_in(key: str) -> None:
+    return None
+
+
 def _report(path: str, exc: PolicyValidationError) -> None:
     for issue in exc.issues:
         print(issue, file=sys.stderr)
@@ -119,7 +131,7 @@ def _report(path: str, exc: PolicyValidationError) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    loaded = _load(args.path, args.format)
+    loaded = _load(args.path, args.format, build=True)
     if isinstance(loaded, int):
         return loaded
     if args.format == "json":

@@ -434,3 +434,17 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
     assert "Traceback" not in done.stderr
     assert "BrokenPipe" not in done.stderr
+
+
+def test_validate_also_checks_wiring_across_steps(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, reference_yaml: str
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        reference_yaml.replace(
+            "max_session_weight: 0.8", "max_session_weight: 0.8\n        cache: x"
+        )
+    )
+    code, _, err = run(capsys, "validate", str(path))
+    assert code == 1
+    assert "no tier feeds the cache 'session'" in err

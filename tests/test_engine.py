@@ -505,3 +505,182 @@ def test_the_engine_always_answers(
     assert decision.trace.steps[-1].outcome is Outcome.OK
     assert (decision.signals is None) == (decision.trace.served == "unpersonalized")
     assert all(isinstance(s, Signals) for s in [decision.signals] if s is not None)
+
+
+def test_the_request_path_makes_no_hook_call(
+    make_engine: Callable[..., Engine],
+    reference_yaml: str,
+    stores: Stores,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    calls: list[object] = []
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise AssertionError("a pluggy hook was called on the request path")
+
+    manager = engine.policies.plugins.manager
+    for name in vars(manager.hook):
+        if name.startswith("resilience_"):
+            monkeypatch.setattr(manager.hook, name, forbidden)
+    for request in (RETURNING, RequestContext(user_id="u1", session_id="s-new")):
+        assert engine.decide(request).trace.reason is not Reason.INTERNAL_ERROR
+        assert decide_async(engine, request).trace.reason is not Reason.INTERNAL_ERROR
+    assert calls == []
+
+
+def test_concurrent_decisions_are_each_consistent(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = make_engine(reference_yaml, stores.sync())
+    requests = [
+        RequestContext(user_id="u1", session_id="s1", request_id=f"r{n}")
+        if n % 2
+        else RequestContext(user_id="u1", session_id="s-new", request_id=f"r{n}")
+        for n in range(400)
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        decisions = list(pool.map(engine.decide, requests))
+    for request, decision in zip(requests, decisions, strict=True):
+        assert decision.trace.request_id == request.request_id
+        expected = "session" if request.session_id == "s1" else "profile_only"
+        assert decision.trace.served == expected
+
+
+def test_trace_as_dict_is_json_ready(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    import json
+
+    engine = make_engine(reference_yaml, stores.sync())
+    stores.session.raises()
+    data = json.loads(json.dumps(engine.decide(RETURNING).trace.as_dict()))
+    assert data["served"] == "profile_only"
+    assert data["reason"] == "fallback"
+    assert data["steps"][0] == {
+        "step": "session",
+        "outcome": "error",
+        "elapsed_us": 0,
+        "detail": "ConnectionError",
+    }
+
+
+# --- cancellation and hostile inputs --------------------------------------------------------------
+
+ASYNC_ONLY = """
+version: 1
+default_policy: p
+policies:
+  p:
+    chain: [profile_only, unpersonalized]
+"""
+
+
+@pytest.mark.parametrize("converts", [False, True], ids=["plain", "converted-by-source"])
+def test_the_callers_cancellation_propagates(
+    make_engine: Callable[..., Engine], converts: bool
+) -> None:
+    started = asyncio.Event()
+
+    async def profile(key: str) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            if converts:  # a client that turns cancellation into its own error
+                raise ConnectionError("closed") from None
+            raise
+
+    engine = make_engine(
+        ASYNC_ONLY.replace("profile_only", "{type: profile_only, timeout: 30ms}"),
+        {"profile_store": profile},
+    )
+
+    async def main() -> None:
+        task = asyncio.create_task(engine.adecide(RequestContext(user_id="u")))
+        await started.wait()
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(main())
+
+
+def test_a_deadline_cancellation_converted_by_a_source_is_a_timeout(
+    make_engine: Callable[..., Engine],
+) -> None:
+    async def profile(key: str) -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("closed") from None
+
+    engine = make_engine(ASYNC_ONLY, {"profile_store": profile})
+    decision = decide_async(engine, RequestContext(user_id="u"))
+    assert decision.trace.outcome_of("profile_only") is Outcome.TIMEOUT
+
+
+def test_a_stray_cancelled_error_from_a_source_is_an_error(
+    make_engine: Callable[..., Engine],
+) -> None:
+    async def profile(key: str) -> None:
+        raise asyncio.CancelledError  # e.g. it awaited a future someone else cancelled
+
+    engine = make_engine(ASYNC_ONLY, {"profile_store": profile})
+    decision = decide_async(engine, RequestContext(user_id="u"))
+    assert decision.trace.outcome_of("profile_only") is Outcome.ERROR
+    assert decision.trace.served == "unpersonalized"
+
+
+def test_a_timeout_raised_by_a_source_is_a_timeout_sync_and_async(
+    make_engine: Callable[..., Engine], mode: str
+) -> None:
+    def profile(key: str) -> None:
+        raise TimeoutError("socket timed out")
+
+    async def aprofile(key: str) -> None:
+        raise TimeoutError("socket timed out")
+
+    engine = make_engine(ASYNC_ONLY, {"profile_store": profile if mode == "sync" else aprofile})
+    decision = run(engine, RequestContext(user_id="u"), mode)
+    assert decision.trace.outcome_of("profile_only") is Outcome.TIMEOUT
+    assert decision.trace.steps[0].detail == "TimeoutError"
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [None, 42, RequestContext(time_left="5"), RequestContext(policy=["x"])],  # type: ignore[arg-type]
+)
+def test_hostile_requests_get_an_answer(
+    make_engine: Callable[..., Engine],
+    reference_yaml: str,
+    stores: Stores,
+    mode: str,
+    request_: object,
+) -> None:
+    engine = build(make_engine, reference_yaml, stores, mode)
+    decision = run(engine, request_, mode)  # type: ignore[arg-type]
+    assert decision.trace.reason is Reason.INTERNAL_ERROR
+    assert decision.signals is None
+
+
+def test_a_nan_time_left_counts_as_none_left(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    decision = engine.decide(RequestContext(user_id="u1", session_id="s1", time_left=float("nan")))
+    assert decision.trace.budget_us == 0
+    assert decision.trace.served == "unpersonalized"
+
+
+def test_closed_and_internal_error_traces_carry_the_config_version(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    version = engine.config_version("search")
+    assert engine.decide(RequestContext(time_left="x")).trace.config_version == version  # type: ignore[arg-type]
+    engine.close()
+    assert engine.decide(RETURNING).trace.config_version == version

@@ -257,3 +257,74 @@ def test_a_guard_or_post_type_in_the_wrong_section_is_an_error(plugin_host: Plug
     (issue,) = caught.value.issues
     assert "'by_category' is a post step, not a guard" in issue.message
     assert issue.hint == "move it under 'post'"
+
+
+@pytest.fixture
+def broken_distribution(tmp_path: Path) -> Iterator[Path]:
+    """An installed distribution whose plugin module fails if it is ever imported."""
+    marker = tmp_path / "imported"
+    (tmp_path / "acme_broken_plugin.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('acme broke')\n"
+    )
+    info = tmp_path / "acme_broken-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[resilience.plugins]\nbroken = acme_broken_plugin\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield marker
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("acme_broken_plugin", None)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "{plugins: {allow: []}, events: {decision_sample_rate: 2}}",
+        "{plugins: {allow: [], typo: 1}}",
+        "{plugins: {allow: 3}}",
+        "[1]",
+    ],
+)
+def test_invalid_settings_never_widen_what_loads(broken_distribution: Path, settings: str) -> None:
+    from resilience import PolicyValidationError
+
+    text = f"version: 1\nsettings: {settings}\npolicies:\n  p:\n    chain: [unpersonalized]\n"
+    with pytest.raises(PolicyValidationError):
+        load_policies(text)
+    assert not broken_distribution.exists()
+
+
+def test_the_broken_distribution_would_load_without_an_allowlist(
+    broken_distribution: Path,
+) -> None:
+    with pytest.raises(PluginError, match="acme broke"):
+        load_policies("version: 1\npolicies:\n  p:\n    chain: [unpersonalized]\n")
+    assert broken_distribution.exists()
+
+
+class _TierWithLooseParams:
+    from pydantic import BaseModel
+
+    class Params(BaseModel):
+        timeout: float = 0.01
+
+
+def test_a_tier_whose_params_do_not_forbid_unknown_keys_is_refused() -> None:
+    from resilience import Signals, Tier
+
+    class Loose(Tier):
+        name = "loose"
+        Params = _TierWithLooseParams.Params  # type: ignore[assignment]
+
+        def run(self, request: RequestContext, timeout: float) -> Signals | None:
+            return None
+
+    class Plugin:
+        @hookspecs.hookimpl
+        def resilience_step_types(self) -> list[type[Tier]]:
+            return [Loose]
+
+    with pytest.raises(PluginError, match=r"must subclass resilience\.TierParams"):
+        PluginHost(extra=[Plugin()], entry_points_=[])

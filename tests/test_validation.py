@@ -323,7 +323,29 @@ def test_wrong_type_float_for_integer() -> None:
     issue = only_issue(BASE.replace("timeout: 10ms", "timeout: 10ms\n        max_clicks: 2.5"))
     assert where(issue) == (8, 9, "policies.search.chain[0].max_clicks")
     assert "valid integer" in issue.message
-    assert "fractional part" in issue.message
+    assert issue.hint == "write a whole number"
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("max_clicks: 5.0", "max_clicks"),
+        ("max_clicks: true", "max_clicks"),
+        ("blend_k: '3'", "blend_k"),
+        ("blend_k: yes", "blend_k"),
+    ],
+)
+def test_values_are_not_coerced_across_types(line: str, key: str) -> None:
+    issue = only_issue(BASE.replace("timeout: 10ms", f"timeout: 10ms\n        {line}"))
+    assert issue.path == f"policies.search.chain[0].{key}"
+
+
+def test_a_sample_rate_written_as_yes_is_refused() -> None:
+    text = BASE.replace(
+        "version: 1\n", "version: 1\nsettings:\n  events:\n    decision_sample_rate: yes\n"
+    )
+    issue = only_issue(text)
+    assert issue.path == "settings.events.decision_sample_rate"
 
 
 def test_bare_number_duration_asks_for_a_unit() -> None:

@@ -61,7 +61,7 @@ class AffinityTier(Tier):
         if found is None:
             return None
         if type(found) is not Affinities:
-            raise GarbageData(f"source returned {type(found).__name__}, not Affinities")
+            raise GarbageData.unexpected(found, "Affinities", self._source.name)
         categories = normalize_weights(found.categories)
         items = normalize_weights(found.items)
         if not categories and not items:

@@ -15,10 +15,11 @@ A successful read feeds the stale cache named by ``cache`` (a write only when th
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from resilience import (
     Affinities,
@@ -53,6 +54,12 @@ class SessionParams(TierParams):
         default="profile_store",
         description="Source returning Affinities per user id, blended in; null: session only.",
     )
+    profile_timeout: Duration = Field(
+        default=0.005,
+        gt=0,
+        description="Cutoff for the profile read, within the tier's timeout: a slow profile "
+        "store costs the blend, never the session signals.",
+    )
     blend_k: float = Field(
         default=3.0,
         gt=0,
@@ -72,6 +79,15 @@ class SessionParams(TierParams):
         min_length=1,
         description="Name of the stale cache this tier feeds; null: feed none.",
     )
+
+    @model_validator(mode="after")
+    def _profile_read_fits(self) -> SessionParams:
+        if self.profile_source is not None and self.profile_timeout >= self.timeout:
+            raise ValueError(
+                "profile_timeout must be below timeout; lower profile_timeout so that a slow "
+                "profile store leaves time to serve the session signals alone"
+            )
+        return self
 
 
 def session_weight(clicks: int, blend_k: float, cap: float) -> float:
@@ -96,10 +112,13 @@ def blend(
     tau = params.decay
     try:
         for click in clicks:
+            item, category = click.item_id, click.category
+            if type(item) is not str or not (category is None or type(category) is str):
+                raise GarbageData(f"malformed click in session: {click!r}")
             weight = 1.0 if tau is None else math.exp(-max(now - click.at, 0.0) / tau)
-            if click.category is not None:
-                categories[click.category] = categories.get(click.category, 0.0) + weight
-            items[click.item_id] = items.get(click.item_id, 0.0) + weight
+            if category is not None:
+                categories[category] = categories.get(category, 0.0) + weight
+            items[item] = items.get(item, 0.0) + weight
     except (AttributeError, TypeError) as exc:
         raise GarbageData(f"malformed click in session: {exc}") from exc
     categories = _scaled(categories)
@@ -115,8 +134,10 @@ def blend(
 
 
 def _scaled(counts: dict[str, float]) -> dict[str, float]:
-    # Click counts are built above from floats, so they need no validation, only scaling.
+    # Built above from checked clicks: only a NaN click time can make the total unusable.
     total = sum(counts.values())
+    if not math.isfinite(total):
+        raise GarbageData("click times give non-finite weights")
     if total <= 0.0:
         return {}
     return {key: value / total for key, value in counts.items()}
@@ -149,6 +170,7 @@ class SessionTier(Tier):
         )
         self._now = context.clock.monotonic
         self._wall = context.clock.wall
+        self._profile_timeout = params.profile_timeout
         self._cache: SignalCache | None = None
         if params.cache is not None:
             self._cache = context.shared(cache_key(params.cache), SignalCache)
@@ -174,18 +196,21 @@ class SessionTier(Tier):
         if state is None:
             return None
         if type(state) is not SessionState:
-            raise GarbageData(f"session source returned {type(state).__name__}")
+            raise GarbageData.unexpected(state, "SessionState", self._session.name)
         if not state.clicks:
             return None
         profile = None
         if self._profile is not None and request.user_id:
-            left = timeout - (self._now() - t0)
-            if left > 0.0:
+            started = self._now()
+            wait = min(self._profile_timeout, timeout - (started - t0))
+            if wait > 0.0:
                 try:
-                    profile = self._profile.call(request.user_id, left)
+                    profile = self._profile.call(request.user_id, wait)
                 except Exception:  # the profile only refines the session's signals
                     profile = None
-        return self._signals(session_id, state, profile)
+                if self._now() - started > wait:
+                    profile = None  # late: the async form would have cut it off
+        return self._signals(session_id, state, profile, t0, timeout)
 
     async def arun(self, request: RequestContext, timeout: float) -> Signals | None:
         session_id = request.session_id
@@ -198,22 +223,30 @@ class SessionTier(Tier):
         if state is None:
             return None
         if type(state) is not SessionState:
-            raise GarbageData(f"session source returned {type(state).__name__}")
+            raise GarbageData.unexpected(state, "SessionState", self._session.name)
         if not state.clicks:
             return None
         profile = None
         if self._profile is not None and request.user_id:
-            left = timeout - (self._now() - t0)
-            if left > 0.0:
+            started = self._now()
+            wait = min(self._profile_timeout, timeout - (started - t0))
+            if wait > 0.0:
                 try:
-                    profile = self._profile.call(request.user_id, left)
                     if self._profile.is_async:
-                        profile = await profile
+                        # Its own cutoff, before the tier's: a hang costs the blend only.
+                        async with asyncio.timeout(wait):
+                            profile = await self._profile.call(request.user_id, wait)
+                    else:
+                        profile = self._profile.call(request.user_id, wait)
                 except Exception:  # the profile only refines the session's signals
                     profile = None
-        return self._signals(session_id, state, profile)
+                if self._now() - started > wait:
+                    profile = None
+        return self._signals(session_id, state, profile, t0, timeout)
 
-    def _signals(self, session_id: str, state: SessionState, profile: object) -> Signals:
+    def _signals(
+        self, session_id: str, state: SessionState, profile: object, t0: float, timeout: float
+    ) -> Signals:
         usable = profile if type(profile) is Affinities else None
         now = self._wall()
         categories, items, weight = blend(state, usable, self._params, now)
@@ -225,6 +258,7 @@ class SessionTier(Tier):
             weight,
             state.event_time,
         )
-        if self._cache is not None:
-            self._cache.remember(session_id, signals, (len(state.clicks), state.event_time), now)
+        # A late read is discarded by the engine; it must not live on in the stale cache.
+        if self._cache is not None and self._now() - t0 <= timeout:
+            self._cache.remember(session_id, signals, now)
         return signals

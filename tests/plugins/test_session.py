@@ -101,13 +101,14 @@ def test_blended_weights_are_a_distribution(
             assert all(w >= 0 for w in weights.values())
 
 
-def test_the_tier_passes_its_remaining_time_to_the_profile_read(
-    make_engine: Callable[..., Engine], fake_clock: FakeClock
+@pytest.mark.parametrize(("session_ms", "expected_ms"), [(4, 5), (7, 3)])
+def test_the_profile_read_gets_its_own_cutoff_within_what_is_left(
+    make_engine: Callable[..., Engine], fake_clock: FakeClock, session_ms: int, expected_ms: int
 ) -> None:
     seen: list[float] = []
 
     def session(key: str, timeout: float) -> SessionState:
-        fake_clock.advance(0.004)
+        fake_clock.advance(session_ms / 1000)
         return clicks("shoes")
 
     def profile(key: str, timeout: float) -> Affinities:
@@ -115,12 +116,87 @@ def test_the_tier_passes_its_remaining_time_to_the_profile_read(
         return Affinities({"books": 1.0})
 
     engine = make_engine(
-        POLICY.format(params="timeout: 10ms"), {"session_store": session, "profile_store": profile}
+        POLICY.format(params="timeout: 10ms, profile_timeout: 5ms"),
+        {"session_store": session, "profile_store": profile},
     )
     decision = engine.decide(RequestContext(user_id="u", session_id="s"))
-    assert seen == [pytest.approx(0.006)]
+    assert seen == [pytest.approx(expected_ms / 1000)]
     assert decision.signals is not None
     assert decision.signals.sources == ("session_store", "profile_store")
+
+
+def test_a_late_profile_is_dropped_and_the_session_serves_alone(
+    make_engine: Callable[..., Engine], fake_clock: FakeClock
+) -> None:
+    def profile(key: str) -> Affinities:
+        fake_clock.advance(0.006)  # over its 5ms cutoff, within the tier's 10ms
+        return Affinities({"books": 1.0})
+
+    engine = make_engine(
+        POLICY.format(params="timeout: 10ms"),
+        {"session_store": lambda key: clicks("shoes"), "profile_store": profile},
+    )
+    decision = engine.decide(RequestContext(user_id="u", session_id="s"))
+    assert decision.trace.outcome_of("session") is Outcome.OK
+    assert decision.signals is not None
+    assert decision.signals.sources == ("session_store",)
+    assert decision.signals.session_weight == 1.0
+
+
+def test_an_async_profile_hang_costs_the_blend_not_the_session(
+    make_engine: Callable[..., Engine],
+) -> None:
+    import asyncio
+
+    from resilience.testing import FaultySource
+
+    sessions = FaultySource({"s": clicks("shoes")})
+    profiles = FaultySource({"u": Affinities({"books": 1.0})}).hangs()
+    engine = make_engine(
+        POLICY.format(params="timeout: 10ms, profile_timeout: 2ms"),
+        {"session_store": sessions.async_, "profile_store": profiles.async_},
+    )
+    decision = asyncio.run(engine.adecide(RequestContext(user_id="u", session_id="s")))
+    assert decision.trace.outcome_of("session") is Outcome.OK
+    assert profiles.cancelled == 1
+    assert decision.signals is not None
+    assert decision.signals.sources == ("session_store",)
+
+
+def test_profile_timeout_must_leave_room_for_the_session(
+    make_engine: Callable[..., Engine],
+) -> None:
+    from resilience import PolicyValidationError
+
+    with pytest.raises(PolicyValidationError, match="profile_timeout must be below timeout"):
+        make_engine(POLICY.format(params="timeout: 5ms, profile_timeout: 5ms"), {})
+
+
+def test_a_nan_click_time_is_garbage() -> None:
+    state = SessionState((Click("a", "shoes", float("nan")),), None)
+    with pytest.raises(GarbageData, match="non-finite"):
+        blend(state, None, SessionParams.model_validate({"decay": "1s"}), now=0.0)
+
+
+@pytest.mark.parametrize("click", [Click(123, "c", 0.0), Click("a", 7, 0.0)])  # type: ignore[arg-type]
+def test_clicks_with_non_string_ids_are_garbage(click: Click) -> None:
+    with pytest.raises(GarbageData, match="malformed click"):
+        blend(SessionState((click,), None), None, SessionParams(), now=0.0)
+
+
+def test_a_sync_wrapper_around_an_async_store_is_named(
+    make_engine: Callable[..., Engine],
+) -> None:
+    async def get(key: str) -> SessionState:
+        return clicks("shoes")
+
+    engine = make_engine(
+        POLICY.format(params="profile_source: null"),
+        {"session_store": lambda key: get(key)},  # noqa: PLW0108 - the point: a sync wrapper
+    )
+    decision = engine.decide(RequestContext(session_id="s"))
+    assert decision.trace.outcome_of("session") is Outcome.GARBAGE
+    assert "bind the async function itself" in str(decision.trace)
 
 
 def test_a_session_tier_without_profile_source_reads_one_store(
