@@ -9,6 +9,8 @@ from ._clock import Clock, SystemClock
 from ._durations import Duration, format_duration, parse_duration
 from ._engine import Engine
 from ._errors import (
+    BreakerOpen,
+    BulkheadFull,
     GarbageData,
     PluginError,
     PolicyError,
@@ -62,7 +64,9 @@ __all__ = [
     "FORMAT_VERSION",
     "Affinities",
     "BoundSource",
+    "BreakerOpen",
     "BuildContext",
+    "BulkheadFull",
     "Candidate",
     "Click",
     "Clock",

@@ -127,7 +127,7 @@ def _classify(result: object, elapsed: float, timeout: float) -> tuple[Outcome, 
         return _MISS, ""
     if type(result) is not Signals:
         return _GARBAGE, f"returned {type(result).__name__}"
-    return _OK, ""
+    return _OK, result.note
 
 
 class Engine:

@@ -7,7 +7,9 @@ The tree::
     │   ├── PolicyValidationError   the file is invalid; carries every issue found in one pass
     │   └── SourceBindingError      the policy names sources the embedding code did not bind
     ├── PluginError                 a plugin failed to import or clashes with another one
-    └── GarbageData                 raised by a step per request: its data is malformed
+    ├── GarbageData                 raised by a step per request: its data is malformed
+    ├── BreakerOpen                 a source's circuit breaker refused the call (breaker_open)
+    └── BulkheadFull                a source's bulkhead had no free slot (rejected)
 
 The engine never raises to its caller: it turns every failure of a step into a recorded outcome
 (``GarbageData`` into ``garbage``, anything else into ``error``). The others reach the code that
@@ -21,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "BreakerOpen",
+    "BulkheadFull",
     "GarbageData",
     "PluginError",
     "PolicyError",
@@ -127,3 +131,29 @@ class GarbageData(ResilienceError, ValueError):  # noqa: N818 - names the outcom
                 "function itself, not a sync wrapper around it"
             )
         return cls(f"source {source!r} returned {type(value).__name__}, not {expected}")
+
+
+class BreakerOpen(ResilienceError):  # noqa: N818 - names the outcome it causes
+    """A source's circuit breaker refused the call; the step is recorded as ``breaker_open``.
+
+    Args:
+        source: the source whose breaker is open.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__(f"circuit breaker of source {source!r} is open")
+
+
+class BulkheadFull(ResilienceError):  # noqa: N818 - names the outcome it causes
+    """A source's bulkhead had no free slot; the step is recorded as ``rejected``.
+
+    Args:
+        source: the source whose bulkhead is full.
+        limit: how many calls it admits at once.
+    """
+
+    def __init__(self, source: str, limit: int) -> None:
+        self.source = source
+        self.limit = limit
+        super().__init__(f"bulkhead of source {source!r} is full ({limit} calls in flight)")

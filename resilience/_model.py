@@ -136,6 +136,8 @@ class Signals(NamedTuple):
         session_weight: the share of in-session signals in the blend, 0 to 1 (0 for a profile or
             segment, 1 for session data with no profile to blend with).
         observed_at: wall-clock seconds of the newest data behind them, if known.
+        note: a short remark the trace shows beside the tier's ``ok`` (``"age 12.0s"``), or
+            ``""``.
     """
 
     categories: Mapping[str, float]
@@ -144,6 +146,7 @@ class Signals(NamedTuple):
     sources: tuple[str, ...] = ()
     session_weight: float = 0.0
     observed_at: float | None = None
+    note: str = ""
 
 
 def normalize_weights(weights: Mapping[str, float]) -> dict[str, float]:

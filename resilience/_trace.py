@@ -31,8 +31,8 @@ class StepRecord(NamedTuple):
         step: the step's id in the policy.
         outcome: how it ended.
         elapsed_us: microseconds it took (0 when not tried).
-        detail: a short explanation for anything but ``ok`` (the exception type, the guard's
-            reason), or ``""``.
+        detail: a short explanation (the exception type, the guard's reason, the age of stale
+            data a tier served), or ``""``.
     """
 
     step: str
@@ -102,7 +102,7 @@ class Trace(NamedTuple):
         parts = []
         for r in self.steps:
             text = f"{r.step}={r.outcome.value}"
-            if r.outcome is not Outcome.OK and r.detail:
+            if r.detail:
                 text += f"[{r.detail}]"
             if r.elapsed_us >= 1000:
                 text += f" {_ms(r.elapsed_us)}"
