@@ -10,6 +10,7 @@ one record per step with outcome and microseconds, budget and time used).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -74,6 +75,79 @@ async def _async_profiles(key: str) -> Affinities | None:
     return PROFILES(key)
 
 
+class HandBreaker:
+    """A failure-rate breaker written out: a ring of the last calls, tripping above a rate."""
+
+    __slots__ = (
+        "_codes",
+        "_lock",
+        "_next",
+        "calls",
+        "failures",
+        "minimum",
+        "open_until",
+        "rate",
+        "slow_rate",
+        "slows",
+    )
+
+    def __init__(self, size: int, minimum: int, rate: float, slow_rate: float = 1.0) -> None:
+        self._codes: list[int | None] = [None] * size
+        self._next = 0
+        self._lock = threading.Lock()
+        self.calls = self.failures = self.slows = 0
+        self.minimum, self.rate, self.slow_rate = minimum, rate, slow_rate
+        self.open_until = 0.0
+
+    def allowed(self, now: float) -> bool:
+        return now >= self.open_until
+
+    def record(self, failed: bool, slow: bool, now: float) -> None:
+        with self._lock:
+            old = self._codes[self._next]
+            if old is not None:
+                self.calls -= 1
+                self.failures -= old & 1
+                self.slows -= old >> 1
+            self._codes[self._next] = failed | (slow << 1)
+            self._next = (self._next + 1) % len(self._codes)
+            self.calls += 1
+            self.failures += failed
+            self.slows += slow
+            if self.calls >= self.minimum and (
+                self.failures / self.calls > self.rate or self.slows / self.calls > self.slow_rate
+            ):
+                self.open_until = now + 5.0
+
+
+class HandRateWindow:
+    """The error-rate guard written out: per-second buckets over the last minute."""
+
+    __slots__ = ("_buckets", "_lock", "off_until")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+        self.off_until = 0.0
+
+    def allowed(self, now: float) -> bool:
+        return now >= self.off_until
+
+    def record(self, failed: bool, now: float) -> None:
+        second = int(now / 5.0)
+        with self._lock:
+            bucket = self._buckets.get(second)
+            if bucket is None:
+                bucket = self._buckets[second] = [0, 0]
+                for old in [k for k in self._buckets if k <= second - 12]:
+                    del self._buckets[old]
+            bucket[0] += 1
+            bucket[1] += failed
+            calls = sum(b[0] for b in self._buckets.values())
+            if calls >= 100 and sum(b[1] for b in self._buckets.values()) / calls > 0.05:
+                self.off_until = now + 30.0
+
+
 class HandWritten:
     """The reference: the same work, written out for this one policy."""
 
@@ -82,6 +156,10 @@ class HandWritten:
         self.params = SessionParams()
         self.cache = SignalCache()
         self.cache.ensure_capacity(100_000)
+        self.cache.ensure_ttl(300.0)
+        self.session_breaker = HandBreaker(100, 20, 0.5, slow_rate=0.5)
+        self.profile_breaker = HandBreaker(100, 20, 0.5)
+        self.guard = HandRateWindow()
 
     def decide(self, request: RequestContext) -> Decision:
         now = time.perf_counter
@@ -92,15 +170,23 @@ class HandWritten:
         deadline = start + budget
         records: list[StepRecord] = []
         signals: Signals | None = None
+        g0 = now()
+        allowed = self.guard.allowed(g0)  # the error-rate guard (a disabled path is elided)
+        records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
         t0 = now()
         timeout = min(0.010, deadline - t0)
         outcome, detail = Outcome.MISS, ""
         try:
             session_id = request.session_id
-            state = SESSIONS(session_id) if session_id else None
+            state = None
+            if session_id and allowed and self.session_breaker.allowed(t0):
+                state = SESSIONS(session_id)
+                if state is not None:
+                    elapsed = now() - t0
+                    self.session_breaker.record(elapsed > timeout, elapsed > 0.008, t0)
             if type(state) is SessionState and state.clicks:
                 profile = None
-                if request.user_id:
+                if request.user_id and self.profile_breaker.allowed(t0):
                     started = now()
                     wait = min(0.005, timeout - (started - t0))
                     if wait > 0.0:
@@ -108,7 +194,10 @@ class HandWritten:
                             profile = PROFILES(request.user_id)
                         except Exception:
                             profile = None
-                        if now() - started > wait:
+                        took = now() - started
+                        if profile is not None:
+                            self.profile_breaker.record(took > wait, took > wait, started)
+                        if took > wait:
                             profile = None
                 signals = self._signals(session_id or "", state, profile, t0, timeout)
                 outcome = Outcome.OK
@@ -129,16 +218,24 @@ class HandWritten:
         deadline = start + budget
         records: list[StepRecord] = []
         signals: Signals | None = None
+        g0 = now()
+        allowed = self.guard.allowed(g0)
+        records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
         t0 = now()
         timeout = min(0.010, deadline - t0)
         outcome, detail = Outcome.MISS, ""
         try:
             async with asyncio.timeout(timeout):
                 session_id = request.session_id
-                state = await _async_sessions(session_id) if session_id else None
+                state = None
+                if session_id and allowed and self.session_breaker.allowed(t0):
+                    state = await _async_sessions(session_id)
+                    if state is not None:
+                        elapsed = now() - t0
+                        self.session_breaker.record(elapsed > timeout, elapsed > 0.008, t0)
                 if type(state) is SessionState and state.clicks:
                     profile = None
-                    if request.user_id:
+                    if request.user_id and self.profile_breaker.allowed(t0):
                         started = now()
                         wait = min(0.005, timeout - (started - t0))
                         if wait > 0.0:
@@ -147,7 +244,10 @@ class HandWritten:
                                     profile = await _async_profiles(request.user_id)
                             except Exception:
                                 profile = None
-                            if now() - started > wait:
+                            took = now() - started
+                            if profile is not None:
+                                self.profile_breaker.record(took > wait, took > wait, started)
+                            if took > wait:
                                 profile = None
                     signals = self._signals(session_id or "", state, profile, t0, timeout)
                     outcome = Outcome.OK
@@ -193,6 +293,7 @@ class HandWritten:
         if outcome is Outcome.OK and t1 - t0 > timeout:
             outcome, signals = Outcome.TIMEOUT, None
         records.append(StepRecord("session", outcome, int((t1 - t0) * 1e6 + 0.5), detail))
+        self.guard.record(outcome is not Outcome.OK and outcome is not Outcome.MISS, t1)
         # The fallback tiers would follow here; on the happy path the session tier served.
         trace = Trace(
             "search",

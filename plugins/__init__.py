@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from resilience import Step, hookimpl
 
+from .guards.error_rate import ErrorRateGuard
 from .tiers.profile_only import ProfileOnlyTier
 from .tiers.segment import SegmentTier
 from .tiers.session import SessionTier
@@ -21,4 +22,11 @@ __all__ = ["resilience_step_types"]
 
 @hookimpl
 def resilience_step_types() -> Sequence[type[Step]]:
-    return [SessionTier, StaleCacheTier, ProfileOnlyTier, SegmentTier, UnpersonalizedTier]
+    return [
+        SessionTier,
+        StaleCacheTier,
+        ProfileOnlyTier,
+        SegmentTier,
+        UnpersonalizedTier,
+        ErrorRateGuard,
+    ]

@@ -1,22 +1,42 @@
 """The in-process cache of last good signals that ``session`` feeds and ``stale_cache`` serves.
 
 Shared by name through :meth:`resilience.BuildContext.shared`, so one session's last good state
-is kept once per engine, whichever policies read it. A bounded LRU (cachetools) keyed by session
-id; a successful read writes only when the signals changed, otherwise it refreshes the entry's
-timestamp in place.
+is kept once per engine, whichever policies read it. A cachetools ``TTLCache`` keyed by session
+id: bounded (least recently used sessions go first) and with a time to live per entry, so that
+sessions that ended stop holding memory.
+
+- **Bound.** ``max_entries``, the largest any reader declares (:meth:`SignalCache.ensure_capacity`).
+- **TTL.** ``ttl``, the largest ``max_age`` any reader declares (:meth:`SignalCache.ensure_ttl`):
+  no reader serves an entry older than that, counted from its last good read. Time is the
+  engine's wall clock (:meth:`SignalCache.bind_clock`), the one ``remember`` is given.
+- **Writes.** A successful read writes only when the signals changed; equal signals only move
+  the entry's timestamp, in place. cachetools counts an entry's life from its insertion, though,
+  so an entry refreshed in place is re-inserted (the same object: no new entry) once its
+  insertion is older than half the TTL, and cachetools keeps entries for ``1.5 * ttl`` after
+  insertion. Together: an entry stays at least ``ttl`` after its last good read, so it never
+  expires under a reader that may still serve it, and at most ``1.5 * ttl`` (an expired entry
+  goes at the next insert or access, or at once when a read finds it older than ``ttl``).
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
 
-from cachetools import LRUCache
+from cachetools import TTLCache
 
 from resilience import Signals
 
 __all__ = ["DEFAULT_MAX_ENTRIES", "SignalCache", "cache_key"]
 
 DEFAULT_MAX_ENTRIES = 100_000
+
+#: An entry refreshed in place is re-inserted once its insertion is older than this share of
+#: the TTL; cachetools keeps entries that much longer than the TTL to cover the gap.
+_REINSERT_SHARE = 0.5
 
 
 def cache_key(name: str) -> tuple[str, str]:
@@ -25,21 +45,32 @@ def cache_key(name: str) -> tuple[str, str]:
 
 
 class _Entry:
-    __slots__ = ("fetched_at", "signals")
+    __slots__ = ("fetched_at", "inserted_at", "signals")
 
     def __init__(self, signals: Signals, fetched_at: float) -> None:
         self.signals = signals
-        self.fetched_at = fetched_at
+        self.fetched_at = fetched_at  # the last good read
+        self.inserted_at = fetched_at  # when cachetools' TTL started counting (at most)
 
 
 class SignalCache:
     """Last good signals per session, with the wall time they were last confirmed.
 
-    Thread-safe: cachetools caches are not, so every access holds a lock for a dict operation.
+    Until a reader declares a TTL (:meth:`ensure_ttl`) entries never expire. Thread-safe:
+    cachetools caches are not, so every access holds a lock.
+
+    Args:
+        max_entries: sessions kept until a reader declares its size (:meth:`ensure_capacity`).
+        timer: the wall clock the TTL counts on, until :meth:`bind_clock` binds the engine's.
     """
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
-        self._entries: LRUCache[str, _Entry] = LRUCache(maxsize=max_entries)
+    def __init__(
+        self, max_entries: int = DEFAULT_MAX_ENTRIES, timer: Callable[[], float] = time.time
+    ) -> None:
+        self._timer = timer
+        self._ttl: float | None = None
+        self._reinsert_after = math.inf
+        self._entries: TTLCache[str, _Entry] = self._new_cache(max_entries)
         self._lock = threading.Lock()
         self._sized = False
         #: step ids that write / read this cache, for the build-time wiring check.
@@ -50,40 +81,88 @@ class SignalCache:
     def max_entries(self) -> int:
         return int(self._entries.maxsize)
 
+    @property
+    def ttl(self) -> float | None:
+        """How long after its last good read an entry is kept at least; ``None``: forever."""
+        return self._ttl
+
+    def bind_clock(self, wall: Callable[[], float]) -> None:
+        """Count the TTL on ``wall``: the engine's wall clock, which ``remember`` is given."""
+        with self._lock:
+            if wall != self._timer:
+                self._timer = wall
+                self._rebuild(self.max_entries)
+
     def ensure_capacity(self, max_entries: int) -> None:
         """Size the cache for a reader: the first declaration sets it, later ones may only grow
         it (the largest size any reader declares wins)."""
         with self._lock:
             if not self._sized or max_entries > self._entries.maxsize:
                 self._sized = True
-                bigger: LRUCache[str, _Entry] = LRUCache(maxsize=max_entries)
-                bigger.update(self._entries)
-                self._entries = bigger
+                self._rebuild(max_entries)
+
+    def ensure_ttl(self, seconds: float) -> None:
+        """Expire entries for a reader that serves them up to ``seconds`` after their last good
+        read: the largest TTL any reader declares wins."""
+        if not seconds > 0:
+            raise ValueError(f"a TTL must be positive, not {seconds!r}")
+        with self._lock:
+            if self._ttl is None or seconds > self._ttl:
+                self._ttl = seconds
+                self._reinsert_after = seconds * _REINSERT_SHARE
+                self._rebuild(self.max_entries)
 
     def remember(self, key: str, signals: Signals, now: float) -> None:
         """Record a successful read at wall time ``now``.
 
         Writes only when the signals differ from the entry's; otherwise only the entry's
-        timestamp moves, in place.
+        timestamp moves, in place (and the entry is re-inserted when its insertion is older than
+        half the TTL, so that it does not expire while it is being refreshed).
         """
         with self._lock:
-            entry = self._entries.get(key)
+            entries = self._entries
+            entry = entries.get(key)
             if entry is not None and entry.signals == signals:
                 entry.fetched_at = now
+                if now - entry.inserted_at > self._reinsert_after:
+                    entry.inserted_at = now
+                    entries[key] = entry  # the same entry: its TTL starts again
+                # No expire() here: only inserts add entries, and each insert expires first.
             else:
-                self._entries[key] = _Entry(signals, now)
+                entries[key] = _Entry(signals, now)  # expires what is due first
 
     def recall(self, key: str) -> tuple[Signals, float] | None:
         """The last good signals for ``key`` and when they were last confirmed, if any."""
         with self._lock:
-            entry = self._entries.get(key)
-        if entry is None:
-            return None
-        return entry.signals, entry.fetched_at
+            entries = self._entries
+            entries.expire()
+            entry = entries.get(key)
+            if entry is None:
+                return None
+            if self._ttl is not None and self._timer() - entry.fetched_at > self._ttl:
+                with suppress(KeyError):  # cachetools raises if it expired meanwhile
+                    del entries[key]  # no reader serves it any more
+                return None
+            return entry.signals, entry.fetched_at
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)  # expires what is due first
 
     def close(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def _new_cache(self, max_entries: int) -> TTLCache[str, _Entry]:
+        lifetime = math.inf if self._ttl is None else self._ttl + self._reinsert_after
+        return TTLCache(maxsize=max_entries, ttl=lifetime, timer=self._timer)
+
+    def _rebuild(self, max_entries: int) -> None:
+        # Build time only (readers declare their needs then), so normally empty: entries kept
+        # start a new life in the new cache.
+        fresh = self._new_cache(max_entries)
+        now = self._timer()
+        for key, entry in list(self._entries.items()):
+            entry.inserted_at = min(entry.inserted_at, now)
+            fresh[key] = entry
+        self._entries = fresh

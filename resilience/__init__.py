@@ -5,6 +5,8 @@ a search service embeds an :class:`Engine` that runs that declaration on every r
 hard latency budget, and always answers. See ``docs/architecture.md``.
 """
 
+from ._breaker import BreakerOptions, BreakerSnapshot, CircuitBreaker
+from ._bulkhead import Bulkhead, BulkheadStats
 from ._clock import Clock, SystemClock
 from ._durations import Duration, format_duration, parse_duration
 from ._engine import Engine
@@ -41,7 +43,8 @@ from ._policy import (
     load_policies,
     load_policies_file,
 )
-from ._sources import BoundSource, MemorySource, SourceFunction
+from ._retry import RetryOptions
+from ._sources import BoundSource, MemorySource, SourceFunction, SourceOptions
 from ._steps import (
     BuildContext,
     Guard,
@@ -65,9 +68,14 @@ __all__ = [
     "Affinities",
     "BoundSource",
     "BreakerOpen",
+    "BreakerOptions",
+    "BreakerSnapshot",
     "BuildContext",
+    "Bulkhead",
     "BulkheadFull",
+    "BulkheadStats",
     "Candidate",
+    "CircuitBreaker",
     "Click",
     "Clock",
     "Decision",
@@ -93,12 +101,14 @@ __all__ = [
     "Reason",
     "RequestContext",
     "ResilienceError",
+    "RetryOptions",
     "SessionState",
     "Settings",
     "Signals",
     "SourceBindingError",
     "SourceFunction",
     "SourceName",
+    "SourceOptions",
     "Step",
     "StepKind",
     "StepParams",

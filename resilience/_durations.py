@@ -10,16 +10,21 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import BeforeValidator, PlainSerializer, ValidationInfo, WithJsonSchema
 
-__all__ = ["Duration", "format_duration", "parse_duration"]
+__all__ = ["FROM_DOCUMENT", "Duration", "format_duration", "parse_duration"]
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)\s*$")
 
 
-def parse_duration(value: Any) -> float:
-    """Parse a duration string into seconds.
+#: Validation context key set when a document is validated: bare numbers are refused there.
+FROM_DOCUMENT = "resilience.document"
+
+
+def parse_duration(value: Any, info: ValidationInfo | None = None) -> float:
+    """Parse a duration into seconds: a string with a unit, or (from Python code only) a
+    number of seconds.
 
     Raises:
         ValueError: with a message that says how to write it, for anything else.
@@ -27,6 +32,9 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"expected a duration such as '10ms' or '5s', got {value!r}")
     if isinstance(value, int | float):
+        from_document = info is not None and bool((info.context or {}).get(FROM_DOCUMENT))
+        if not from_document:
+            return float(value)  # Python callers pass seconds, as the rest of Python does
         raise ValueError(
             f"a bare number is ambiguous; write it with a unit, e.g. '{value}ms' or '{value}s'"
         )
@@ -53,10 +61,15 @@ def format_duration(seconds: float) -> str:
     return f"{seconds * 1e3:g}ms"
 
 
+def _validate(value: Any, info: ValidationInfo) -> float:
+    # pydantic passes ValidationInfo only to a validator whose signature requires it.
+    return parse_duration(value, info)
+
+
 #: A duration parameter: written as ``'10ms'`` in YAML, held as float seconds.
 Duration = Annotated[
     float,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_validate),
     PlainSerializer(format_duration, return_type=str),
     WithJsonSchema(
         {

@@ -19,8 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+from ._breaker import CircuitBreaker
 from ._clock import Clock, SystemClock
 from ._errors import (
+    BreakerOpen,
+    BulkheadFull,
     GarbageData,
     PolicyError,
     PolicyIssue,
@@ -31,7 +34,7 @@ from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
 from ._plugins import PluginHost
 from ._policy import Policy, PolicySet, load_policies, load_policies_file
-from ._sources import BoundSource, SourceFunction
+from ._sources import SourceFunction, SourceRuntime
 from ._steps import BuildContext, Guard, PostStep, Step, Tier, source_fields
 from ._trace import Decision, Reason, StepRecord, Trace
 from .events import (
@@ -52,12 +55,14 @@ _TIMEOUT = Outcome.TIMEOUT
 _GARBAGE = Outcome.GARBAGE
 _SKIPPED = Outcome.SKIPPED_BUDGET
 _DISABLED = Outcome.DISABLED
+_BREAKER_OPEN = Outcome.BREAKER_OPEN
+_REJECTED = Outcome.REJECTED
 
 
 class _Plan:
     """One policy, compiled: its steps as built objects, in execution order."""
 
-    __slots__ = ("budget", "guards", "name", "post", "terminal", "tiers", "version")
+    __slots__ = ("budget", "guards", "name", "observers", "post", "terminal", "tiers", "version")
 
     def __init__(
         self,
@@ -73,6 +78,12 @@ class _Plan:
         self.tiers = tiers
         self.terminal = tiers[-1:]
         self.post = post
+        # Only steps that override Step.observe are told of each decision.
+        self.observers: tuple[Callable[[Trace], None], ...] = tuple(
+            step.observe
+            for step in (*guards, *tiers, *post)
+            if type(step).observe is not Step.observe
+        )
 
 
 def _slot(tier: Tier, left: float) -> float | None:
@@ -90,6 +101,10 @@ def _failure(exc: BaseException) -> tuple[Outcome, str]:
     """The outcome of a step that raised ``exc``."""
     if isinstance(exc, GarbageData):
         return _GARBAGE, str(exc)[:200]
+    if isinstance(exc, BreakerOpen):
+        return _BREAKER_OPEN, exc.source
+    if isinstance(exc, BulkheadFull):
+        return _REJECTED, exc.source
     if isinstance(exc, TimeoutError):  # e.g. a socket timeout set from the step's budget
         return _TIMEOUT, type(exc).__name__
     return _ERROR, type(exc).__name__
@@ -108,15 +123,17 @@ def _propagate_cancellation() -> None:
 
 def _run_sync(
     tier: Tier, request: RequestContext, timeout: float, t0: float, now: Callable[[], float]
-) -> tuple[Outcome, str, Signals | None]:
-    """Call a sync tier and classify what it did; shared by ``decide`` and ``adecide``."""
+) -> tuple[Outcome, str, Signals | None, float]:
+    """Call a sync tier and classify what it did: ``(outcome, detail, result, elapsed)``.
+    Shared by ``decide`` and ``adecide``."""
     try:
         result = tier.run(request, timeout)
     except (Exception, asyncio.CancelledError) as exc:
         outcome, detail = _failure(exc)
-        return outcome, detail, None
-    outcome, detail = _classify(result, now() - t0, timeout)
-    return outcome, detail, result
+        return outcome, detail, None, now() - t0
+    elapsed = now() - t0
+    outcome, detail = _classify(result, elapsed, timeout)
+    return outcome, detail, result, elapsed
 
 
 def _classify(result: object, elapsed: float, timeout: float) -> tuple[Outcome, str]:
@@ -162,6 +179,7 @@ class Engine:
         self._steps: list[Step] = []
         self._closed = False
         bound = self._bind(policies, sources or {})
+        self._sources = bound
         self._plans: dict[str, _Plan] = {}
         try:
             for policy in policies.policies.values():
@@ -210,9 +228,9 @@ class Engine:
 
     def _bind(
         self, policies: PolicySet, sources: Mapping[str, SourceFunction]
-    ) -> dict[str, BoundSource]:
+    ) -> dict[str, SourceRuntime]:
         issues: list[PolicyIssue] = []
-        bound: dict[str, BoundSource] = {}
+        bound: dict[str, SourceRuntime] = {}
         for policy in policies.policies.values():
             for spec in policy.steps():
                 for field_name, source in source_fields(spec.params):
@@ -234,7 +252,13 @@ class Engine:
                         )
                         continue
                     try:
-                        bound[source] = BoundSource(source, target)
+                        bound[source] = SourceRuntime(
+                            source,
+                            target,
+                            policies.source_options(source),
+                            self._clock,
+                            self._events,
+                        )
                     except TypeError as exc:
                         issues.append(
                             PolicyIssue(
@@ -251,11 +275,14 @@ class Engine:
             raise SourceBindingError(issues)
         return bound
 
-    def _compile(self, policy: Policy, bound: dict[str, BoundSource]) -> _Plan:
+    def _compile(self, policy: Policy, bound: dict[str, SourceRuntime]) -> _Plan:
+        kinds = {spec.step_id: spec.type.kind for spec in policy.steps()}
+
         def build(spec: Any) -> Any:
             context = BuildContext(
                 policy=policy.name,
                 step_id=spec.step_id,
+                steps=kinds,
                 clock=self._clock,
                 events=self._events,
                 sources=bound,
@@ -278,6 +305,10 @@ class Engine:
                         )
                     ]
                 ) from exc
+            if isinstance(step, Tier):
+                requested = context.requested
+                step.awaits = step.awaits or any(source.awaits for source in requested)
+                step.async_only = step.async_only or any(s.is_async for s in requested)
             self._steps.append(step)
             return step
 
@@ -325,13 +356,11 @@ class Engine:
                 if timeout is None:
                     records.append(StepRecord(tier.step_id, _SKIPPED, 0))
                     continue
-                if tier.is_async:
+                if tier.async_only:
                     records.append(StepRecord(tier.step_id, _ERROR, 0, "async tier in decide()"))
                     continue
-                outcome, detail, result = _run_sync(tier, request, timeout, t0, now)
-                records.append(
-                    StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6 + 0.5), detail)
-                )
+                outcome, detail, result, elapsed = _run_sync(tier, request, timeout, t0, now)
+                records.append(StepRecord(tier.step_id, outcome, int(elapsed * 1e6 + 0.5), detail))
                 if outcome is _OK:
                     served, signals = tier, result
                     break
@@ -361,7 +390,7 @@ class Engine:
                 if timeout is None:
                     records.append(StepRecord(tier.step_id, _SKIPPED, 0))
                     continue
-                if tier.is_async:
+                if tier.awaits:
                     cutoff = asyncio.timeout(timeout)
                     try:
                         async with cutoff:
@@ -376,7 +405,7 @@ class Engine:
                         _propagate_cancellation()
                         outcome, detail = _classify(result, now() - t0, timeout)
                 else:
-                    outcome, detail, result = _run_sync(tier, request, timeout, t0, now)
+                    outcome, detail, result, _ = _run_sync(tier, request, timeout, t0, now)
                 records.append(
                     StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6 + 0.5), detail)
                 )
@@ -457,9 +486,22 @@ class Engine:
             int((deadline - start) * 1e6 + 0.5),
             int((now - start) * 1e6 + 0.5),
         )
+        for observe in plan.observers:
+            try:
+                observe(trace)
+            except Exception as exc:  # an observer's bug must not cost the answer
+                self._observer_failed(plan, exc)
         if self._sample_rate and self._random() < self._sample_rate:
             self._emit_decision(trace)
         return Decision(signals, candidates, trace)
+
+    def _observer_failed(self, plan: _Plan, exc: Exception) -> None:
+        with contextlib.suppress(Exception):
+            self._events.emit(
+                ENGINE_INTERNAL_ERROR,
+                policy=plan.name,
+                error=f"observer failed: {type(exc).__name__}: {exc}",
+            )
 
     def _post(
         self,
@@ -558,6 +600,32 @@ class Engine:
         """The names of the compiled policies."""
         return list(self._plans)
 
+    def breaker(self, source: str) -> CircuitBreaker:
+        """The circuit breaker of ``source``, for operators (``force_open()``, ``snapshot()``).
+
+        Raises:
+            PolicyError: the source has no breaker declared, or no such source is bound.
+        """
+        runtime = self._sources.get(source)
+        if runtime is None or runtime.breaker is None:
+            with_breakers = sorted(n for n, r in self._sources.items() if r.breaker is not None)
+            raise PolicyError(
+                f"source {source!r} has no breaker (sources with one: {with_breakers or 'none'})"
+            )
+        return runtime.breaker
+
+    def source_stats(self) -> dict[str, dict[str, object]]:
+        """Per source: its breaker's snapshot and its bulkhead's counters, where declared."""
+        stats: dict[str, dict[str, object]] = {}
+        for name, runtime in self._sources.items():
+            entry: dict[str, object] = {"isolation": runtime.options.isolation}
+            if runtime.breaker is not None:
+                entry["breaker"] = runtime.breaker.snapshot()._asdict()
+            if runtime.bulkhead is not None:
+                entry["bulkhead"] = runtime.bulkhead.stats._asdict()
+            stats[name] = entry
+        return stats
+
     def config_version(self, policy: str | None = None) -> str:
         """The config version of ``policy`` (the default policy if ``None``)."""
         name = policy or self._default
@@ -585,6 +653,9 @@ class Engine:
         for step in self._steps:
             with contextlib.suppress(Exception):
                 step.close()
+        for runtime in getattr(self, "_sources", {}).values():
+            with contextlib.suppress(Exception):
+                runtime.close()
         for obj in self._shared.values():
             closer = getattr(obj, "close", None)
             if callable(closer):

@@ -20,9 +20,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._durations import Duration, format_duration
+from ._durations import FROM_DOCUMENT, Duration, format_duration
 from ._errors import PolicyIssue, PolicyValidationError
 from ._plugins import PluginHost, StepType
+from ._sources import SourceOptions
 from ._steps import StepKind, StepParams, TierParams, source_fields
 from ._yaml import Located, Path, format_path, read_yaml
 from .events import POLICY_LOADED, EventSink, NullSink
@@ -38,6 +39,8 @@ __all__ = [
     "load_policies",
     "load_policies_file",
 ]
+
+_DOCUMENT = {FROM_DOCUMENT: True}
 
 #: The policy file format this release reads.
 FORMAT_VERSION = 1
@@ -97,6 +100,7 @@ class _PolicyDecl(_Strict):
 class _FileDecl(_Strict):
     version: Literal[1]
     settings: Settings = Settings()
+    sources: dict[str, SourceOptions] = {}
     default_policy: str | None = None
     policies: dict[str, _PolicyDecl] = Field(min_length=1)
 
@@ -149,18 +153,27 @@ class Policy:
     post: tuple[StepSpec, ...]
     version: str = ""
 
-    def normalized(self) -> dict[str, Any]:
-        """The policy as plain data with every default filled in (what ``version`` hashes)."""
+    def normalized(self, sources: Mapping[str, SourceOptions] | None = None) -> dict[str, Any]:
+        """The policy as plain data with every default filled in (what ``version`` hashes),
+        with the protection of each source it reads."""
+        used = sorted({name for spec in self.steps() for _, name in source_fields(spec.params)})
+        declared = sources or {}
         return {
             "budget": format_duration(self.budget),
             "guards": [s.normalized() for s in self.guards],
             "chain": [s.normalized() for s in self.chain],
             "post": [s.normalized() for s in self.post],
+            "sources": {
+                name: declared.get(name, _UNDECLARED).model_dump(mode="json") for name in used
+            },
         }
 
     def steps(self) -> tuple[StepSpec, ...]:
         """Every step in execution order."""
         return self.guards + self.chain + self.post
+
+
+_UNDECLARED = SourceOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +193,11 @@ class PolicySet:
     policies: Mapping[str, Policy]
     default_policy: str | None
     plugins: PluginHost = field(repr=False, compare=False)
+    sources: Mapping[str, SourceOptions] = field(default_factory=dict)
+
+    def source_options(self, name: str) -> SourceOptions:
+        """How source ``name`` is protected (inline, no breaker, no retry when undeclared)."""
+        return self.sources.get(name) or _UNDECLARED
 
     def source_names(self) -> dict[str, list[str]]:
         """Every source name the policies use -> the parameters that name it (dotted paths)."""
@@ -196,6 +214,7 @@ class PolicySet:
         blob = json.dumps(
             [
                 self.settings.model_dump(mode="json"),
+                {n: o.model_dump(mode="json") for n, o in self.sources.items()},
                 self.default_policy,
                 {n: p.version for n, p in self.policies.items()},
             ],
@@ -300,7 +319,7 @@ class _Checker:
             )
             data = {**data, "version": FORMAT_VERSION}
         try:
-            decl = _FileDecl.model_validate(data)
+            decl = _FileDecl.model_validate(data, context=_DOCUMENT)
         except ValidationError as exc:
             self.pydantic_issues(exc, (), _FileDecl)
             decl = None
@@ -319,7 +338,32 @@ class _Checker:
                 )
         if decl is None or self.issues:
             return None
-        return PolicySet(self.file, decl.settings, policies, decl.default_policy, plugins)
+        self.unused_sources(decl, policies)
+        if self.issues:
+            return None
+        return PolicySet(
+            self.file, decl.settings, policies, decl.default_policy, plugins, decl.sources
+        )
+
+    @staticmethod
+    def declared_sources(decl: _FileDecl | None) -> Mapping[str, SourceOptions]:
+        return decl.sources if decl is not None else {}
+
+    def unused_sources(self, decl: _FileDecl, policies: Mapping[str, Policy]) -> None:
+        # A misspelt name here would leave the real source unprotected: refuse it.
+        used = {
+            name
+            for p in policies.values()
+            for spec in p.steps()
+            for _, name in source_fields(spec.params)
+        }
+        for name in decl.sources:
+            if name not in used:
+                self.add(
+                    ("sources", name),
+                    f"source {name!r} is declared but no step reads it",
+                    _suggest(name, sorted(used), "source"),
+                )
 
     def settings(self, data: dict[str, Any]) -> Settings:
         # Plugins must load before steps can be checked, so settings are read on their own;
@@ -329,13 +373,13 @@ class _Checker:
         if raw is None:
             return Settings()
         try:
-            return Settings.model_validate(raw)
+            return Settings.model_validate(raw, context=_DOCUMENT)
         except ValidationError:
             pass
         if not isinstance(raw, dict):
             return Settings(plugins=PluginSettings(allow=[]))
         try:
-            allowed = PluginSettings.model_validate(raw.get("plugins", {}))
+            allowed = PluginSettings.model_validate(raw.get("plugins", {}), context=_DOCUMENT)
         except ValidationError:
             allowed = PluginSettings(allow=[])
         return Settings(plugins=allowed)
@@ -380,7 +424,7 @@ class _Checker:
                 post=sections["post"],
             )
             digest = hashlib.sha256(
-                json.dumps(policy.normalized(), sort_keys=True).encode()
+                json.dumps(policy.normalized(self.declared_sources(decl)), sort_keys=True).encode()
             ).hexdigest()[:12]
             out[name] = replace(policy, version=digest)
         return out
@@ -438,7 +482,7 @@ class _Checker:
         ids[step_id] = path
         params_raw = {k: v for k, v in raw.items() if k not in ("type", "id")}
         try:
-            params = step_type.Params.model_validate(params_raw)
+            params = step_type.Params.model_validate(params_raw, context=_DOCUMENT)
         except ValidationError as exc:
             self.pydantic_issues(exc, path, step_type.Params)
             return None

@@ -12,21 +12,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from ._breaker import BreakerOptions
 from ._durations import format_duration
 from ._plugins import PluginHost, StepType
+from ._retry import RetryOptions
+from ._sources import SourceOptions
 from ._steps import _is_source_annotation
 
 __all__ = ["parameter_table", "render_parameter_tables"]
 
 
-def parameter_table(step_type: StepType) -> str:
-    """A Markdown table of ``step_type``'s parameters: name, type, default, meaning."""
-    properties = step_type.Params.model_json_schema()["properties"]
+def parameter_table(step_type: StepType | type[BaseModel]) -> str:
+    """A Markdown table of a step type's (or an options model's) parameters: name, type,
+    default, meaning."""
+    model = step_type.Params if hasattr(step_type, "Params") else step_type
+    assert isinstance(model, type)
+    assert issubclass(model, BaseModel)
+    properties = model.model_json_schema()["properties"]
     rows = ["| parameter | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for name, info in step_type.Params.model_fields.items():
+    for name, info in model.model_fields.items():
         kind = _schema_type(properties[name])
         if _is_source_annotation(info.annotation, info.metadata):
             kind = kind.replace("string", "source name")
@@ -40,6 +48,8 @@ def parameter_table(step_type: StepType) -> str:
 def _schema_type(prop: dict[str, Any]) -> str:
     if "anyOf" in prop:
         return " or ".join(_schema_type(p) for p in prop["anyOf"])
+    if "$ref" in prop:
+        return "mapping"
     if "(us|ms|s|m|h)" in prop.get("pattern", ""):
         return "duration"
     kind = prop.get("type", "any")
@@ -66,12 +76,20 @@ _MARKER = re.compile(
 )
 
 
+_OPTION_MODELS: dict[str, type[BaseModel]] = {
+    "sources": SourceOptions,
+    "breaker": BreakerOptions,
+    "retry": RetryOptions,
+}
+
+
 def render_parameter_tables(markdown: str, host: PluginHost) -> str:
     """``markdown`` with every ``<!-- params:NAME -->`` block regenerated from its model."""
 
     def table(match: re.Match[str]) -> str:
-        step_type = host.step_types[match.group("name")]
-        return f"{match.group(1)}{parameter_table(step_type)}\n{match.group(4)}"
+        name = match.group("name")
+        documented = _OPTION_MODELS.get(name) or host.step_types[name]
+        return f"{match.group(1)}{parameter_table(documented)}\n{match.group(4)}"
 
     return _MARKER.sub(table, markdown)
 

@@ -1,25 +1,69 @@
-"""Sources: the embedding service's stores, bound by name.
+"""Sources: the embedding service's stores, bound by name, and the protection around each.
 
 A policy names sources (``source: session_store``); the code that builds the engine binds each
 name to a callable. A source is called with one key (a session id, a user id, a segment) and
 returns the record for it, or ``None`` when it has none (a miss). It may be a plain function or a
 coroutine function, and may accept a ``timeout`` keyword: when it does, it receives the seconds
 the step has left, so that a network client can set its socket timeout from the budget.
+
+The file's ``sources:`` section declares how each source is protected. The wrappers, outermost
+first, and why in this order:
+
+1. **breaker**: refuses at once while open; counts one logical call once, however many attempts
+   it took (a retry outside the breaker would count every attempt, the Resilience4j trap);
+2. **retry**: attempts within the call's timeout, none started that could not finish in time;
+3. **isolation**: ``inline`` calls the function in the caller's thread or task; ``bulkhead``
+   runs a blocking function on a bounded pool of threads, so the caller stops waiting at the
+   cutoff, and a full pool refuses at once (``rejected``);
+4. **the function**, given what its attempt has left as ``timeout``.
+
+The engine around them holds the request's deadline; each step gets the smaller of its own
+timeout and what is left, and passes it on here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-__all__ = ["BoundSource", "MemorySource", "SourceFunction"]
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._breaker import BreakerOptions, CircuitBreaker
+from ._bulkhead import Bulkhead
+from ._clock import Clock
+from ._errors import BreakerOpen, BulkheadFull, GarbageData
+from ._retry import RetryOptions, RetryPolicy
+from .events import EventSink
+
+__all__ = ["BoundSource", "MemorySource", "SourceFunction", "SourceOptions", "SourceRuntime"]
 
 T = TypeVar("T")
 
+#: How early asyncio may fire a deadline and still be taken for it (timer granularity).
+_DEADLINE_SLACK = 0.001
+
 #: What may be bound as a source: ``fn(key)``, ``fn(key, timeout=...)``, or their ``async`` forms.
 SourceFunction = Callable[..., Any]
+
+
+class SourceOptions(BaseModel):
+    """``sources.NAME``: how one source is protected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    isolation: Literal["inline", "bulkhead"] = Field(
+        default="inline",
+        description="inline: called in the caller's thread or task (in-memory and async "
+        "sources); bulkhead: a bounded pool of threads, for blocking I/O.",
+    )
+    max_concurrent: int = Field(
+        default=8, ge=1, le=1024, description="Calls a bulkhead runs at once; more are rejected."
+    )
+    breaker: BreakerOptions | None = Field(default=None, description="A circuit breaker.")
+    retry: RetryOptions | None = Field(default=None, description="Retries within the budget.")
 
 
 def _is_coroutine_function(fn: object) -> bool:
@@ -37,34 +81,241 @@ def _accepts_timeout(fn: Callable[..., Any]) -> bool:
     return "timeout" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-class BoundSource:
-    """A source as a step sees it, adapted once at engine build.
+def _adapt(target: SourceFunction) -> Callable[[str, float], Any]:
+    if _accepts_timeout(target):
+        return lambda key, timeout: target(key, timeout=timeout)
+    return lambda key, timeout: target(key)
 
-    Attributes:
-        name: the name the policy uses.
-        call: ``call(key, timeout)``; returns the record, ``None``, or (if ``is_async``) an
-            awaitable of them.
-        is_async: whether ``call`` returns an awaitable that the step must await.
+
+class SourceRuntime:
+    """Everything one bound source owns in an engine: its function, breaker, bulkhead, retries.
+
+    Made once per source name when the engine is built; steps get views of it from
+    :meth:`view`. Closed with the engine.
     """
 
-    __slots__ = ("call", "is_async", "name", "target")
-
-    def __init__(self, name: str, target: SourceFunction) -> None:
+    def __init__(
+        self,
+        name: str,
+        target: SourceFunction,
+        options: SourceOptions,
+        clock: Clock,
+        events: EventSink,
+    ) -> None:
         if not callable(target):
             raise TypeError(f"source {name!r} is bound to {target!r}, which is not callable")
         self.name = name
         self.target = target
+        self.options = options
         self.is_async = _is_coroutine_function(target)
-        if _accepts_timeout(target):
-            self.call: Callable[[str, float], Any] = lambda key, timeout: target(
-                key, timeout=timeout
-            )
+        self.function = _adapt(target)
+        self.breaker = (
+            CircuitBreaker(name, options.breaker, clock, events) if options.breaker else None
+        )
+        self.bulkhead = (
+            Bulkhead(name, options.max_concurrent, events)
+            if options.isolation == "bulkhead" and not self.is_async
+            else None
+        )
+        self.retry = RetryPolicy(options.retry, clock) if options.retry else None
+        self.clock = clock
+
+    def view(self, expect: type | tuple[type, ...] | None = None) -> BoundSource:
+        """The source as one step calls it; ``expect`` makes any other return value garbage,
+        counted by the breaker as a failure."""
+        # Without a breaker there is nothing to feed: the step's own type check suffices.
+        return BoundSource(self, expect if self.breaker is not None else None)
+
+    def close(self) -> None:
+        if self.bulkhead is not None:
+            self.bulkhead.close()
+
+
+class BoundSource:
+    """A source as a step sees it, built once at engine build.
+
+    A tier calls ``call(key, timeout)`` from sync code, and ``await acall(key, timeout)`` from
+    async code when ``awaits`` is true (else ``call`` serves both). Either returns the record or
+    ``None`` (a miss), or raises: ``BreakerOpen``, ``BulkheadFull``, ``TimeoutError``,
+    ``GarbageData`` or whatever the source raised.
+
+    Attributes:
+        name: the name the policy uses.
+        awaits: whether async callers must ``await acall`` (an async function, or a blocking
+            one behind a bulkhead, which async callers wait for without blocking the loop).
+        is_async: whether the bound function itself is a coroutine function.
+    """
+
+    __slots__ = ("acall", "awaits", "call", "is_async", "name", "runtime")
+
+    def __init__(self, runtime: SourceRuntime, expect: type | tuple[type, ...] | None) -> None:
+        self.runtime = runtime
+        self.name = runtime.name
+        self.is_async = runtime.is_async
+        self.awaits = runtime.is_async or runtime.bulkhead is not None
+        plain = runtime.breaker is None and runtime.retry is None and runtime.bulkhead is None
+        if plain and expect is None:
+            # Nothing to guard: the adapted function itself, no extra frame per call.
+            self.call: Callable[[str, float], Any] = runtime.function
+            self.acall: Callable[[str, float], Any] = runtime.function
         else:
-            self.call = lambda key, timeout: target(key)
+            self.call = _guarded_sync(runtime, expect)
+            self.acall = _guarded_async(runtime, expect)
 
     def __repr__(self) -> str:
-        kind = "async" if self.is_async else "sync"
-        return f"<BoundSource {self.name!r} {kind} -> {self.target!r}>"
+        return f"<BoundSource {self.name!r} -> {self.runtime.target!r}>"
+
+
+def _check(value: Any, expect: type | tuple[type, ...] | None, name: str) -> None:
+    if value is not None and expect is not None and not isinstance(value, expect):
+        expected = (
+            expect.__name__ if isinstance(expect, type) else "/".join(t.__name__ for t in expect)
+        )
+        raise GarbageData.unexpected(value, expected, name)
+
+
+def _guarded_sync(
+    runtime: SourceRuntime, expect: type | tuple[type, ...] | None
+) -> Callable[[str, float], Any]:
+    name = runtime.name
+    breaker = runtime.breaker
+    bulkhead = runtime.bulkhead
+    retry = runtime.retry
+    function = runtime.function
+    now = runtime.clock.monotonic
+
+    if runtime.is_async:
+
+        def refuse(key: str, timeout: float) -> Any:
+            raise TypeError(f"source {name!r} is async: call it from adecide()")
+
+        return refuse
+
+    once: Callable[[str, float], Any] = function
+    if bulkhead is not None:
+
+        def isolated(key: str, timeout: float) -> Any:
+            return bulkhead.call(function, key, timeout, timeout=timeout)
+
+        once = isolated
+
+    attempts = once
+    if retry is not None:
+
+        def retried(key: str, timeout: float) -> Any:
+            return retry.call(lambda cutoff: once(key, cutoff), timeout)
+
+        attempts = retried
+
+    if breaker is None:
+
+        def unguarded(key: str, timeout: float) -> Any:
+            value = attempts(key, timeout)
+            _check(value, expect, name)
+            return value
+
+        return unguarded
+
+    def guarded(key: str, timeout: float) -> Any:
+        ticket = breaker.permit()
+        if ticket is None:
+            raise BreakerOpen(name)
+        t0 = now()
+        try:
+            value = attempts(key, timeout)
+            _check(value, expect, name)
+        except BulkheadFull:
+            breaker.release(ticket)  # the source was never asked: no news of its health
+            raise
+        except TimeoutError:
+            breaker.record(ticket, failed=True, slow=True)
+            raise
+        except BaseException:
+            breaker.record(ticket, failed=True, slow=False)
+            raise
+        elapsed = now() - t0
+        if value is None:
+            breaker.release(ticket)
+        else:
+            # An inline call cannot be cut: one that overran is a timeout, and slow.
+            overran = elapsed > timeout
+            breaker.record(
+                ticket, failed=overran, slow=overran or elapsed > breaker.slow_after(timeout)
+            )
+        return value
+
+    return guarded
+
+
+def _guarded_async(
+    runtime: SourceRuntime, expect: type | tuple[type, ...] | None
+) -> Callable[[str, float], Any]:
+    name = runtime.name
+    breaker = runtime.breaker
+    bulkhead = runtime.bulkhead
+    retry = runtime.retry
+    function = runtime.function
+    now = runtime.clock.monotonic
+
+    async def once(key: str, timeout: float) -> Any:
+        if bulkhead is not None:
+            future = bulkhead.submit(function, key, timeout)
+            try:
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                bulkhead.abandon(future)
+                raise
+        result = function(key, timeout)
+        return await result if runtime.is_async else result
+
+    async def attempts(key: str, timeout: float) -> Any:
+        if retry is not None:
+            return await retry.acall(lambda cutoff: once(key, cutoff), timeout)
+        return await once(key, timeout)
+
+    async def guarded(key: str, timeout: float) -> Any:
+        ticket = breaker.permit() if breaker is not None else 0
+        if ticket is None:
+            raise BreakerOpen(name)
+        t0 = now()
+        started = asyncio.get_running_loop().time() if breaker is not None else 0.0
+        try:
+            value = await attempts(key, timeout)
+            _check(value, expect, name)
+        except asyncio.CancelledError:
+            if breaker is not None:
+                # Cut at the deadline: a timeout. Cancelled earlier by the caller: no news.
+                # Judged on the loop's clock, which is the one asyncio's deadlines run on.
+                waited = asyncio.get_running_loop().time() - started
+                if waited >= timeout - _DEADLINE_SLACK:
+                    breaker.record(ticket, failed=True, slow=True)
+                else:
+                    breaker.release(ticket)
+            raise
+        except BulkheadFull:
+            if breaker is not None:
+                breaker.release(ticket)
+            raise
+        except TimeoutError:
+            if breaker is not None:
+                breaker.record(ticket, failed=True, slow=True)
+            raise
+        except BaseException:
+            if breaker is not None:
+                breaker.record(ticket, failed=True, slow=False)
+            raise
+        if breaker is not None:
+            elapsed = now() - t0
+            if value is None:
+                breaker.release(ticket)
+            else:
+                overran = elapsed > timeout
+                breaker.record(
+                    ticket, failed=overran, slow=overran or elapsed > breaker.slow_after(timeout)
+                )
+        return value
+
+    return guarded
 
 
 class MemorySource(Generic[T]):

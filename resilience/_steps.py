@@ -15,7 +15,7 @@ a :class:`BuildContext`; the per-request methods are then plain calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, TypeVar, get_args, get_origin
@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._clock import Clock
 from ._durations import Duration
 from ._model import Candidate, RequestContext, Signals
-from ._sources import BoundSource
+from ._sources import BoundSource, SourceRuntime
+from ._trace import Trace
 from .events import EventSink
 
 __all__ = [
@@ -112,6 +113,8 @@ class BuildContext:
     Attributes:
         policy: the name of the policy being built.
         step_id: this step's id within the policy.
+        steps: every step id of the policy -> its kind, in execution order (the last tier is
+            the terminal one).
         clock: the engine's clocks.
         events: the engine's event sink, for state changes the step reports.
     """
@@ -122,20 +125,36 @@ class BuildContext:
         policy: str,
         step_id: str,
         clock: Clock,
+        steps: Mapping[str, StepKind] | None = None,
         events: EventSink,
-        sources: dict[str, BoundSource],
+        sources: dict[str, SourceRuntime],
         shared: dict[object, Any],
     ) -> None:
         self.policy = policy
         self.step_id = step_id
+        self.steps: Mapping[str, StepKind] = steps or {}
         self.clock = clock
         self.events = events
         self._sources = sources
         self._shared = shared
+        self._requested: list[BoundSource] = []
 
-    def source(self, name: str) -> BoundSource:
-        """The source bound under ``name``. The engine has checked it is bound."""
-        return self._sources[name]
+    @property
+    def requested(self) -> tuple[BoundSource, ...]:
+        """The sources this step asked for, so far."""
+        return tuple(self._requested)
+
+    def source(self, name: str, expect: type | tuple[type, ...] | None = None) -> BoundSource:
+        """The source bound under ``name``, with the protection the file declares for it.
+
+        Args:
+            name: a source name from this step's parameters; the engine has checked it is bound.
+            expect: the record type(s) the step needs; anything else the source returns is
+                ``garbage``, and counts as a failure for the source's breaker.
+        """
+        view = self._sources[name].view(expect)
+        self._requested.append(view)
+        return view
 
     def shared(self, key: object, factory: Callable[[], T]) -> T:
         """An object shared by every step of the engine under ``key``, made on first use.
@@ -181,6 +200,14 @@ class Step:
         """
         return None
 
+    def observe(self, trace: Trace) -> None:
+        """Learn from a finished decision of this step's policy (e.g. an error-rate guard).
+
+        Only steps that override this method are called: once per decision, after the trace is
+        built, on the request path, so keep it to a few counter updates. Exceptions are
+        reported as ``resilience.engine.internal_error`` and otherwise ignored.
+        """
+
     def close(self) -> None:
         """Release what the step holds. Called once, when its engine closes."""
 
@@ -188,8 +215,10 @@ class Step:
 class Tier(Step):
     """One link of the degradation chain.
 
-    Subclasses implement :meth:`run`; those that read an async source also implement
-    :meth:`arun` and set ``is_async`` to true when built with one.
+    Subclasses implement :meth:`run`, and :meth:`arun` when they read sources that async
+    callers must await (``BoundSource.awaits``). The engine works out from the sources a tier
+    asked for whether :meth:`arun` is awaited (``awaits``) and whether the tier can run in
+    ``decide()`` at all (``async_only``); a tier awaiting something else sets ``awaits`` itself.
 
     Class attributes:
         terminal: true for a tier that cannot fail and needs no data (``unpersonalized``).
@@ -200,8 +229,10 @@ class Tier(Step):
     Params: ClassVar[type[StepParams]] = TierParams
     terminal: ClassVar[bool] = False
 
-    #: True when :meth:`arun` must be awaited (the tier reads an async source).
-    is_async: bool = False
+    #: True when :meth:`arun` must be awaited (it reads an async or bulkhead source).
+    awaits: bool = False
+    #: True when the tier cannot run in ``decide()`` (it reads an async source).
+    async_only: bool = False
 
     def __init__(self, params: StepParams, context: BuildContext) -> None:
         super().__init__(params, context)
@@ -225,7 +256,7 @@ class Tier(Step):
     async def arun(self, request: RequestContext, timeout: float) -> Signals | None:
         """The asyncio form of :meth:`run`; by default it calls :meth:`run`.
 
-        Called only when ``is_async`` is true; the engine cancels it at the deadline.
+        Called only when ``awaits`` is true; the engine cancels it at the deadline.
         """
         return self.run(request, timeout)
 

@@ -170,7 +170,10 @@ def _explain(args: argparse.Namespace) -> int:
         names = [args.policy]
     if args.format == "json":
         out = {
-            n: {"config_version": loaded.policies[n].version, **loaded.policies[n].normalized()}
+            n: {
+                "config_version": loaded.policies[n].version,
+                **loaded.policies[n].normalized(loaded.sources),
+            }
             for n in names
         }
         json.dump(out, sys.stdout, indent=2)

@@ -16,6 +16,11 @@ from resilience.cli import main
 
 #: The reference file (as ``conftest.REFERENCE_POLICIES``; conftest is not importable here).
 REFERENCE_POLICIES = Path(__file__).resolve().parent.parent / "policies.yaml"
+STALE_LINE = next(
+    n
+    for n, text in enumerate(REFERENCE_POLICIES.read_text().splitlines(), 1)
+    if text.strip() == "- type: stale_cache"
+)
 CHAIN = ["session", "stale_cache", "profile_only", "segment", "unpersonalized"]
 
 
@@ -71,7 +76,7 @@ def test_validate_reports_file_line_column_and_suggestion(
     assert code == 1
     assert out == ""
     line, column = position_of(misspelled.read_text(), "stale_cach", "type")
-    assert (line, column) == (24, 9)
+    assert (line, column) == (STALE_LINE, 9)
     assert err.splitlines() == [
         f"{misspelled}:{line}:{column}: policies.search.chain[1].type: "
         "unknown tier type 'stale_cach' (did you mean 'stale_cache'?)",
@@ -110,7 +115,7 @@ def test_validate_json_for_an_invalid_file(
     assert set(issue) == {"file", "line", "column", "path", "message", "hint"}
     assert issue == {
         "file": str(misspelled),
-        "line": 24,
+        "line": STALE_LINE,
         "column": 9,
         "path": "policies.search.chain[1].type",
         "message": "unknown tier type 'stale_cach'",
@@ -206,28 +211,29 @@ def test_explain_shows_steps_in_order_with_every_effective_parameter(
     headers = [
         line.strip()
         for line in out.splitlines()
-        if line.strip()[:2] in {"1.", "2.", "3.", "4.", "5."}
+        if line.strip()[:2] in {"1.", "2.", "3.", "4.", "5.", "6."}
     ]
     assert headers == [
-        "1. session (type session, plugin builtin)",
-        "2. stale_cache (type stale_cache, plugin builtin)",
-        "3. profile_only (type profile_only, plugin builtin)",
-        "4. segment (type segment, plugin builtin)",
-        "5. unpersonalized (type unpersonalized, plugin builtin, terminal)",
+        "1. error_rate (type error_rate, plugin builtin)",
+        "2. session (type session, plugin builtin)",
+        "3. stale_cache (type stale_cache, plugin builtin)",
+        "4. profile_only (type profile_only, plugin builtin)",
+        "5. segment (type segment, plugin builtin)",
+        "6. unpersonalized (type unpersonalized, plugin builtin, terminal)",
     ]
-    assert "guards: (none)" in out
+    assert "guards:\n" in out
     assert "post: (none)" in out
     # Defaults the file does not write are shown too.
     assert "max_entries" not in reference_yaml
     assert "max_entries: 100000" in out
-    stale = out[out.index("2. stale_cache") : out.index("3. profile_only")]
+    stale = out[out.index("3. stale_cache") : out.index("4. profile_only")]
     assert [line.strip() for line in stale.strip().splitlines()[1:]] == [
         "timeout: 1ms",
         "cache: session",
         "max_age: 5m",
         "max_entries: 100000",
     ]
-    session = out[out.index("1. session") : out.index("2. stale_cache")]
+    session = out[out.index("2. session") : out.index("3. stale_cache")]
     for shown in ("timeout: 10ms", "blend_k: 3.0", "max_clicks: 50", "decay: null"):
         assert shown in session
 
@@ -237,12 +243,12 @@ def test_swapping_two_tiers_changes_the_explained_order(
 ) -> None:
     code, out, _ = run(capsys, "explain", str(REFERENCE_POLICIES))
     assert code == 0
-    assert out.index("3. profile_only") < out.index("4. segment")
+    assert out.index("4. profile_only") < out.index("5. segment")
     code, swapped_out, _ = run(capsys, "explain", str(swapped))
     assert code == 0
-    assert "3. segment (type segment" in swapped_out
-    assert "4. profile_only (type profile_only" in swapped_out
-    assert swapped_out.index("3. segment") < swapped_out.index("4. profile_only")
+    assert "4. segment (type segment" in swapped_out
+    assert "5. profile_only (type profile_only" in swapped_out
+    assert swapped_out.index("4. segment") < swapped_out.index("5. profile_only")
     # The swap is a different configuration.
     before = load_policies_file(REFERENCE_POLICIES).policies["search"].version
     after = load_policies_file(swapped).policies["search"].version
@@ -282,7 +288,8 @@ def test_explain_json(capsys: pytest.CaptureFixture[str]) -> None:
         "max_age": "5m",
         "max_entries": 100000,
     }
-    assert search["guards"] == search["post"] == []
+    assert [g["type"] for g in search["guards"]] == ["error_rate"]
+    assert search["post"] == []
 
 
 def test_explain_json_on_an_invalid_file_still_exits_1(
@@ -419,7 +426,7 @@ def test_console_entry_runs_without_traceback(misspelled: Path) -> None:
     )
     assert invalid.returncode == 1
     assert "Traceback" not in invalid.stdout + invalid.stderr
-    assert f"{misspelled}:24:9: " in invalid.stderr
+    assert f"{misspelled}:{STALE_LINE}:9: " in invalid.stderr
     assert "did you mean 'stale_cache'" in invalid.stderr
 
 

@@ -31,12 +31,12 @@ def test_every_python_example_runs(
         exec(code, namespace)  # running our own documentation is the point
 
 
-def test_parameter_tables_match_the_models() -> None:
-    page = ROOT / "docs" / "policies.md"
-    text = page.read_text()
+@pytest.mark.parametrize("page", ["policies.md", "sources.md"])
+def test_parameter_tables_match_the_models(page: str) -> None:
+    text = (ROOT / "docs" / page).read_text()
     assert text == render_parameter_tables(text, PluginHost(entry_points_=[])), (
-        "docs/policies.md drifted from the parameter models: "
-        "run python -m resilience._reference docs/policies.md"
+        f"docs/{page} drifted from the parameter models: "
+        f"run python -m resilience._reference docs/{page}"
     )
 
 

@@ -65,7 +65,7 @@ def test_healthy_session_serves_primary(
     assert decision.signals.tier == "session"
     assert decision.trace.config_version == engine.config_version("search")
     assert decision.trace.request_id == "r1"
-    assert outcomes(decision) == {"session": Outcome.OK}
+    assert outcomes(decision) == {"error_rate": Outcome.OK, "session": Outcome.OK}
 
 
 @pytest.mark.parametrize(
@@ -391,7 +391,7 @@ def test_events_built_and_sampled_decisions(
     assert built == [{"policies": ["search"], "versions": {"search": engine.config_version()}}]
     (decision,) = recording_sink.of("resilience.decision")
     assert decision["served"] == "session"
-    assert decision["steps"] == {"session": "ok"}
+    assert decision["steps"] == {"error_rate": "ok", "session": "ok"}
     assert "u1" not in repr(decision) and "s1" not in repr(decision)
 
 
@@ -417,7 +417,9 @@ def test_trace_str_explains_in_two_lines(
     assert len(text.splitlines()) == 2
     first, second = text.splitlines()
     assert first.startswith(f"search@{engine.config_version()} served profile_only (fallback)")
-    assert second.strip().startswith("session=error[ConnectionError], stale_cache=miss")
+    assert second.strip().startswith(
+        "error_rate=ok, session=error[ConnectionError], stale_cache=miss"
+    )
 
 
 class _BrokenSink:
@@ -560,7 +562,7 @@ def test_trace_as_dict_is_json_ready(
     data = json.loads(json.dumps(engine.decide(RETURNING).trace.as_dict()))
     assert data["served"] == "profile_only"
     assert data["reason"] == "fallback"
-    assert data["steps"][0] == {
+    assert data["steps"][1] == {
         "step": "session",
         "outcome": "error",
         "elapsed_us": 0,

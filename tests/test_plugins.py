@@ -33,7 +33,14 @@ def entry_point(name: str, module: str) -> EntryPoint:
     return EntryPoint(name=name, value=module, group="resilience.plugins")
 
 
-BUILTINS = ["profile_only", "segment", "session", "stale_cache", "unpersonalized"]
+BUILTINS = [
+    "error_rate",
+    "profile_only",
+    "segment",
+    "session",
+    "stale_cache",
+    "unpersonalized",
+]
 
 
 def test_builtins_register_through_the_hook() -> None:

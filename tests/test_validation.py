@@ -661,7 +661,9 @@ def test_reference_file_loads(reference_yaml: str) -> None:
         "segment",
         "unpersonalized",
     ]
-    assert policy.guards == policy.post == ()
+    assert [g.step_id for g in policy.guards] == ["error_rate"]
+    assert policy.post == ()
+    assert set(loaded.sources) == {"session_store", "profile_store"}
     assert loaded.settings.plugins.allow == []
     assert loaded.settings.events.decision_sample_rate == pytest.approx(0.01)
     assert len(policy.version) == 12
@@ -844,6 +846,6 @@ def test_a_version_that_only_equals_one_is_refused(value: str) -> None:
 
 
 def test_a_step_without_type_where_no_types_exist_says_so() -> None:
-    issue = only_issue(BASE.replace("chain:", "guards: [{id: x}]\n    chain:", 1))
+    issue = only_issue(BASE.replace("chain:", "post: [{id: x}]\n    chain:", 1))
     assert issue.message == "step has no 'type'"
-    assert issue.hint == "no guard types are installed; remove the step"
+    assert issue.hint == "no post types are installed; remove the step"

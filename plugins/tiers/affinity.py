@@ -34,9 +34,8 @@ class AffinityTier(Tier):
     def __init__(self, params: StepParams, context: BuildContext) -> None:
         super().__init__(params, context)
         assert isinstance(params, AffinityParams)
-        self._source = context.source(params.source)
+        self._source = context.source(params.source, expect=Affinities)
         self._provenance = (params.source,)
-        self.is_async = self._source.is_async
 
     def key(self, request: RequestContext) -> str | None:
         """The key to read for ``request``, or ``None`` when it has none (a miss)."""
@@ -52,10 +51,9 @@ class AffinityTier(Tier):
         key = self.key(request)
         if not key:
             return None
-        found = self._source.call(key, timeout)
-        if self._source.is_async:
-            found = await found
-        return self._signals(found)
+        if self._source.awaits:
+            return self._signals(await self._source.acall(key, timeout))
+        return self._signals(self._source.call(key, timeout))
 
     def _signals(self, found: object) -> Signals | None:
         if found is None:

@@ -164,9 +164,11 @@ class SessionTier(Tier):
         super().__init__(params, context)
         assert isinstance(params, SessionParams)
         self._params = params
-        self._session = context.source(params.source)
+        self._session = context.source(params.source, expect=SessionState)
         self._profile = (
-            context.source(params.profile_source) if params.profile_source is not None else None
+            context.source(params.profile_source, expect=Affinities)
+            if params.profile_source is not None
+            else None
         )
         self._now = context.clock.monotonic
         self._wall = context.clock.wall
@@ -175,7 +177,6 @@ class SessionTier(Tier):
         if params.cache is not None:
             self._cache = context.shared(cache_key(params.cache), SignalCache)
             self._cache.writers.append(f"{context.policy}.{self.step_id}")
-        self.is_async = self._session.is_async or bool(self._profile and self._profile.is_async)
         self._sources_read = (params.source,)
         self._sources_blended = (
             (params.source, params.profile_source) if params.profile_source else (params.source,)
@@ -217,9 +218,10 @@ class SessionTier(Tier):
         if not session_id:
             return None
         t0 = self._now()
-        state = self._session.call(session_id, timeout)
-        if self._session.is_async:
-            state = await state
+        if self._session.awaits:
+            state = await self._session.acall(session_id, timeout)
+        else:
+            state = self._session.call(session_id, timeout)
         if state is None:
             return None
         if type(state) is not SessionState:
@@ -232,10 +234,10 @@ class SessionTier(Tier):
             wait = min(self._profile_timeout, timeout - (started - t0))
             if wait > 0.0:
                 try:
-                    if self._profile.is_async:
+                    if self._profile.awaits:
                         # Its own cutoff, before the tier's: a hang costs the blend only.
                         async with asyncio.timeout(wait):
-                            profile = await self._profile.call(request.user_id, wait)
+                            profile = await self._profile.acall(request.user_id, wait)
                     else:
                         profile = self._profile.call(request.user_id, wait)
                 except Exception:  # the profile only refines the session's signals

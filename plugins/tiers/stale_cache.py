@@ -2,8 +2,13 @@
 
 When the session store fails or is slow, the signals a ``session`` tier last produced for this
 session are often still good: they serve here while younger than ``max_age`` (age counted from
-the last successful read, on the wall clock). Older entries, and sessions never read, ``miss``.
-Reads touch only memory.
+the last successful read, on the wall clock), and the trace shows their age
+(``stale_cache=ok[age 12.0s]``). Older entries, and sessions never read, ``miss``. Reads touch
+only memory.
+
+The cache is bounded (``max_entries``, least recently used sessions go first) and its entries
+expire: the cache's TTL is the largest ``max_age`` of the tiers reading it, so a session that
+ended stops holding memory. See :mod:`resilience_plugins.signal_cache`.
 """
 
 from __future__ import annotations
@@ -35,12 +40,16 @@ class StaleCacheParams(TierParams):
         description="Name of the cache to serve from, as fed by a session tier's 'cache'.",
     )
     max_age: Duration = Field(
-        default=300.0, gt=0, description="Oldest data served, counted from its last good read."
+        default=300.0,
+        gt=0,
+        description="Oldest data served, counted from its last good read. Also the cache's TTL: "
+        "shared caches keep entries for the largest max_age declared.",
     )
     max_entries: int = Field(
         default=DEFAULT_MAX_ENTRIES,
         ge=1,
-        description="Sessions kept (LRU). Shared caches take the largest size declared.",
+        description="Sessions kept (least recently used go first). Shared caches take the "
+        "largest size declared.",
     )
 
 
@@ -55,7 +64,10 @@ class StaleCacheTier(Tier):
         assert isinstance(params, StaleCacheParams)
         self._cache_name = params.cache
         self._cache = context.shared(cache_key(params.cache), SignalCache)
+        # The session tier may have made the cache: the TTL counts on the engine's wall clock.
+        self._cache.bind_clock(context.clock.wall)
         self._cache.ensure_capacity(params.max_entries)
+        self._cache.ensure_ttl(params.max_age)
         self._cache.readers.append(f"{context.policy}.{self.step_id}")
         self._max_age = params.max_age
         self._wall = context.clock.wall
@@ -76,7 +88,8 @@ class StaleCacheTier(Tier):
         if found is None:
             return None
         cached, fetched_at = found
-        if self._wall() - fetched_at > self._max_age:
+        age = self._wall() - fetched_at
+        if age > self._max_age:
             return None
         return Signals(
             cached.categories,
@@ -85,4 +98,5 @@ class StaleCacheTier(Tier):
             cached.sources,
             cached.session_weight,
             cached.observed_at,
+            f"age {max(age, 0.0):.1f}s",  # the wall clock may have stepped back
         )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import time
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
+from cachetools import Cache
 from resilience_plugins.signal_cache import SignalCache
 
 from resilience import (
@@ -52,6 +56,18 @@ def test_writes_only_when_the_signals_changed() -> None:
     changed = Signals({"b": 1.0}, {}, "session")
     cache.remember("s", changed, now=160.0)
     assert cache.recall("s") == (changed, 160.0)
+
+
+def held(cache: SignalCache) -> int:
+    """Entries the cache really holds, expired or not (``len`` would purge the expired first)."""
+    return Cache.__len__(cache._entries)
+
+
+def ttl_cache(clock: FakeClock, ttl: float, max_entries: int = 10) -> SignalCache:
+    cache = SignalCache(max_entries)
+    cache.bind_clock(clock.wall)
+    cache.ensure_ttl(ttl)
+    return cache
 
 
 def test_the_cache_is_bounded_lru() -> None:
@@ -143,3 +159,144 @@ policies:
     engine.decide(RequestContext(session_id="s"))
     cache = next(v for v in engine._shared.values() if isinstance(v, SignalCache))
     assert len(cache) == 0
+
+
+def test_the_trace_shows_the_age_of_stale_signals(
+    make_engine: Callable[..., Engine], fake_clock: FakeClock
+) -> None:
+    sessions = FaultySource({"s": state(2)})
+    engine = make_engine(POLICY, {"session_store": sessions, "profile_store": {}.get})
+    engine.decide(RequestContext(session_id="s"))
+    fake_clock.advance(12.0)
+    sessions.raises()
+    decision = engine.decide(RequestContext(session_id="s"))
+    trace = decision.trace
+    assert trace.served == "stale_cache"
+    assert [(r.step, r.outcome, r.detail) for r in trace.steps] == [
+        ("session", Outcome.ERROR, "ConnectionError"),
+        ("stale_cache", Outcome.OK, "age 12.0s"),
+    ]
+    assert str(trace).endswith("\n  session=error[ConnectionError], stale_cache=ok[age 12.0s]")
+    assert decision.signals is not None and decision.signals.note == "age 12.0s"
+
+
+def test_an_entry_older_than_the_ttl_is_purged_when_read(fake_clock: FakeClock) -> None:
+    cache = ttl_cache(fake_clock, 60.0)
+    cache.remember("s", Signals({"a": 1.0}, {}, "session"), fake_clock.wall())
+    fake_clock.advance(60.0)
+    assert cache.recall("s") is not None  # exactly the TTL old: still servable
+    fake_clock.advance(0.1)
+    assert cache.recall("s") is None
+    assert held(cache) == 0
+
+
+def test_expired_entries_are_purged_by_any_insert_or_access(fake_clock: FakeClock) -> None:
+    cache = ttl_cache(fake_clock, 60.0)
+    for key in ("a", "b"):
+        cache.remember(key, Signals({key: 1.0}, {}, "session"), fake_clock.wall())
+    fake_clock.advance(30.0)
+    cache.remember("c", Signals({"c": 1.0}, {}, "session"), fake_clock.wall())
+    fake_clock.advance(60.1)  # a and b: inserted 90.1s ago, 1.5 TTL; c: 60.1s ago
+    cache.remember("d", Signals({"d": 1.0}, {}, "session"), fake_clock.wall())
+    assert held(cache) == 2  # c and d; nobody read a or b, yet they are gone
+    fake_clock.advance(90.0)
+    assert cache.recall("nobody") is None
+    assert held(cache) == 0
+    assert len(cache) == 0
+
+
+def test_refreshing_keeps_an_active_entry_alive_past_the_ttl(fake_clock: FakeClock) -> None:
+    cache = ttl_cache(fake_clock, 60.0)
+    first = Signals({"a": 1.0}, {}, "session")
+    cache.remember("s", first, fake_clock.wall())
+    for _ in range(20):  # 400s of successful reads, equal signals: no new entry
+        fake_clock.advance(20.0)
+        cache.remember("s", Signals({"a": 1.0}, {}, "session"), fake_clock.wall())
+        cache.remember("other", Signals({"b": 1.0}, {}, "session"), fake_clock.wall())
+        found = cache.recall("s")
+        assert found is not None
+        assert found[0] is first
+        assert found[1] == fake_clock.wall()
+
+
+def test_a_refresh_just_before_reinsertion_still_lasts_the_ttl(fake_clock: FakeClock) -> None:
+    # The worst case: refreshed in place (not re-inserted) at the last moment, then the store
+    # fails. The entry must stay servable for the whole TTL after that last good read.
+    cache = ttl_cache(fake_clock, 60.0)
+    signals = Signals({"a": 1.0}, {}, "session")
+    cache.remember("s", signals, fake_clock.wall())
+    fake_clock.advance(30.0)  # half the TTL: refreshed in place
+    last_read = fake_clock.wall()
+    cache.remember("s", signals, last_read)
+    fake_clock.advance(59.9)
+    cache.remember("other", signals, fake_clock.wall())
+    assert cache.recall("s") == (signals, last_read)
+    fake_clock.advance(0.2)
+    assert cache.recall("s") is None
+    assert len(cache) == 1
+
+
+def test_shared_caches_take_the_largest_declared_ttl(
+    make_engine: Callable[..., Engine],
+) -> None:
+    text = POLICY.replace("max_entries: 5}", "max_entries: 5, max_age: 10m}")
+    engine = make_engine(text, {"session_store": lambda k: state(1), "profile_store": {}.get})
+    cache = next(v for v in engine._shared.values() if isinstance(v, SignalCache))
+    assert cache.ttl == 600.0
+    cache.ensure_ttl(30.0)
+    assert cache.ttl == 600.0
+
+
+def test_the_cache_expires_on_the_engine_clock(
+    make_engine: Callable[..., Engine], fake_clock: FakeClock
+) -> None:
+    # The session tier builds first and makes the cache; the stale_cache tier binds the clock.
+    engine = make_engine(POLICY, {"session_store": lambda k: state(1), "profile_store": {}.get})
+    engine.decide(RequestContext(session_id="s"))
+    cache = next(v for v in engine._shared.values() if isinstance(v, SignalCache))
+    fake_clock.advance(300.0)  # max_age is 5m
+    served = engine.decide(RequestContext(session_id="s", policy="other"))
+    assert served.trace.served == "stale_cache"
+    fake_clock.advance(0.1)
+    missed = engine.decide(RequestContext(session_id="s", policy="other"))
+    assert missed.trace.outcome_of("stale_cache") is Outcome.MISS
+    assert len(cache) == 0
+
+
+def test_a_million_sessions_stay_within_the_bound(fake_clock: FakeClock) -> None:
+    """1,000,000 distinct sessions through a 1,000-entry cache: the entry count never passes
+    the bound, and memory does not grow with the number of sessions seen.
+
+    tracemalloc makes every write several times slower, so it traces the last 100,000 writes
+    (after 900,000 sessions, all 1,000 entries are replaced in that window, so it sees the whole
+    cache); the allocated block count, which costs nothing to read, watches the entire run.
+    """
+    cache = ttl_cache(fake_clock, 300.0, max_entries=1000)
+    signals = Signals({"c": 1.0}, {"i": 1.0}, "session")
+    now = fake_clock.wall()
+    started = time.perf_counter()
+    blocks = sys.getallocatedblocks()
+    most_blocks = 0
+    for i in range(900_000):
+        cache.remember(f"s{i}", signals, now)
+        if i % 10_000 == 9_999:
+            assert len(cache) <= 1000
+            most_blocks = max(most_blocks, sys.getallocatedblocks() - blocks)
+    tracemalloc.start()
+    try:
+        for i in range(900_000, 1_000_000):
+            cache.remember(f"s{i}", signals, now)
+            if i % 10_000 == 9_999:
+                assert len(cache) <= 1000
+                most_blocks = max(most_blocks, sys.getallocatedblocks() - blocks)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    elapsed = time.perf_counter() - started
+    assert len(cache) == 1000
+    assert cache.recall("s999999") is not None
+    assert cache.recall("s0") is None
+    # Measured: peak ~0.4 MB, block growth ~6,000 (a leak of one object a session: 1,000,000).
+    assert peak < 2_000_000, f"tracemalloc peak {peak} bytes"
+    assert most_blocks < 50_000, f"{most_blocks} more blocks allocated"
+    print(f"1M sessions: {elapsed:.1f}s, peak {peak / 1e6:.2f} MB, +{most_blocks} blocks")

@@ -1,0 +1,1 @@
+"""Built-in guards: one module per step type."""
