@@ -7,8 +7,29 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
-from . import happy_path
+from . import concurrency, happy_path, open_breaker, overrun
+
+
+def _overrun_line(mode: str, figures: dict[str, Any]) -> str:
+    spread = figures["overrun_ms"]
+    outcomes = ", ".join(f"{name} {count}" for name, count in figures["outcomes"].items())
+    line = (
+        f"overrun.{mode} (measurement, not a ratio): ms past the 10 ms budget over "
+        f"{figures['calls']} decisions: p50 {spread['p50']:.2f}, p99 {spread['p99']:.2f}, "
+        f"p99.9 {spread['p99.9']:.2f}, max {spread['max']:.2f}; "
+        f"exceptions {figures['exceptions']}; session outcomes: {outcomes}"
+    )
+    if "asyncio_floor_ms" in figures:
+        floor = figures["asyncio_floor_ms"]
+        line += (
+            f"; {figures['concurrent']} concurrent; bare asyncio.timeout floor: "
+            f"p50 {floor['p50']:.2f}, p99.9 {floor['p99.9']:.2f}"
+        )
+    else:
+        line += f"; {figures['threads']} threads, bulkhead of {figures['max_concurrent']}"
+    return line
 
 
 def main() -> int:
@@ -16,7 +37,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    results = {
+    results: dict[str, Any] = {
         "python": platform.python_version(),
         "quick": args.quick,
         "happy_path": happy_path.run(quick=args.quick),
@@ -25,8 +46,33 @@ def main() -> int:
         print(
             f"happy_path.{mode}: engine {figures['subject_ns'] / 1000:.2f} us, "
             f"hand-written {figures['baseline_ns'] / 1000:.2f} us, "
-            f"ratio {figures['ratio']:.2f} (median of {figures['repeats']} interleaved repeats)"
+            f"ratio {figures['ratio']:.2f} (median of {figures['repeats']} interleaved repeats)",
+            flush=True,
         )
+
+    results["breaker_concurrency"] = batch = concurrency.run(quick=args.quick)
+    print(
+        f"breaker_concurrency: {batch['threads']} threads x {batch['block_ms']:g} ms calls: "
+        f"plain {batch['plain_ms']:.1f} ms, through one breaker {batch['resilience_ms']:.1f} ms, "
+        f"ratio {batch['ratio']:.2f}; pybreaker {batch['pybreaker_ms']:.1f} ms, "
+        f"ratio {batch['pybreaker_ratio']:.2f} (medians of {batch['repeats']} interleaved repeats)",
+        flush=True,
+    )
+
+    results["open_breaker"] = open_breaker.run(quick=args.quick)
+    for mode, figures in results["open_breaker"].items():
+        print(
+            f"open_breaker.{mode}: breaker open ({figures['served']} serves) "
+            f"{figures['subject_ns'] / 1000:.2f} us, "
+            f"happy path {figures['baseline_ns'] / 1000:.2f} us, ratio {figures['ratio']:.2f} "
+            f"(median of {figures['repeats']} interleaved repeats)",
+            flush=True,
+        )
+
+    results["overrun"] = overrun.run(quick=args.quick)
+    for mode in ("async", "async_stress", "sync"):
+        print(_overrun_line(mode, results["overrun"][mode]), flush=True)
+
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

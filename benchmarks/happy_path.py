@@ -10,6 +10,7 @@ one record per step with outcome and microseconds, budget and time used).
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -35,6 +36,7 @@ from resilience import (
     Signals,
     StepRecord,
     Trace,
+    load_policies,
     load_policies_file,
 )
 
@@ -151,8 +153,9 @@ class HandRateWindow:
 class HandWritten:
     """The reference: the same work, written out for this one policy."""
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, *, protected: bool = True) -> None:
         self.version = version
+        self.protected = protected  # False: the foundation's policy, with no breakers or guard
         self.params = SessionParams()
         self.cache = SignalCache()
         self.cache.ensure_capacity(100_000)
@@ -170,23 +173,25 @@ class HandWritten:
         deadline = start + budget
         records: list[StepRecord] = []
         signals: Signals | None = None
-        g0 = now()
-        allowed = self.guard.allowed(g0)  # the error-rate guard (a disabled path is elided)
-        records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
+        allowed = True
+        if self.protected:
+            g0 = now()
+            allowed = self.guard.allowed(g0)  # the error-rate guard (a disabled path is elided)
+            records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
         t0 = now()
         timeout = min(0.010, deadline - t0)
         outcome, detail = Outcome.MISS, ""
         try:
             session_id = request.session_id
             state = None
-            if session_id and allowed and self.session_breaker.allowed(t0):
+            if session_id and allowed and (not self.protected or self.session_breaker.allowed(t0)):
                 state = SESSIONS(session_id)
-                if state is not None:
+                if state is not None and self.protected:
                     elapsed = now() - t0
                     self.session_breaker.record(elapsed > timeout, elapsed > 0.008, t0)
             if type(state) is SessionState and state.clicks:
                 profile = None
-                if request.user_id and self.profile_breaker.allowed(t0):
+                if request.user_id and (not self.protected or self.profile_breaker.allowed(t0)):
                     started = now()
                     wait = min(0.005, timeout - (started - t0))
                     if wait > 0.0:
@@ -195,7 +200,7 @@ class HandWritten:
                         except Exception:
                             profile = None
                         took = now() - started
-                        if profile is not None:
+                        if profile is not None and self.protected:
                             self.profile_breaker.record(took > wait, took > wait, started)
                         if took > wait:
                             profile = None
@@ -218,9 +223,11 @@ class HandWritten:
         deadline = start + budget
         records: list[StepRecord] = []
         signals: Signals | None = None
-        g0 = now()
-        allowed = self.guard.allowed(g0)
-        records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
+        allowed = True
+        if self.protected:
+            g0 = now()
+            allowed = self.guard.allowed(g0)
+            records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
         t0 = now()
         timeout = min(0.010, deadline - t0)
         outcome, detail = Outcome.MISS, ""
@@ -228,14 +235,18 @@ class HandWritten:
             async with asyncio.timeout(timeout):
                 session_id = request.session_id
                 state = None
-                if session_id and allowed and self.session_breaker.allowed(t0):
+                if (
+                    session_id
+                    and allowed
+                    and (not self.protected or self.session_breaker.allowed(t0))
+                ):
                     state = await _async_sessions(session_id)
-                    if state is not None:
+                    if state is not None and self.protected:
                         elapsed = now() - t0
                         self.session_breaker.record(elapsed > timeout, elapsed > 0.008, t0)
                 if type(state) is SessionState and state.clicks:
                     profile = None
-                    if request.user_id and self.profile_breaker.allowed(t0):
+                    if request.user_id and (not self.protected or self.profile_breaker.allowed(t0)):
                         started = now()
                         wait = min(0.005, timeout - (started - t0))
                         if wait > 0.0:
@@ -245,7 +256,7 @@ class HandWritten:
                             except Exception:
                                 profile = None
                             took = now() - started
-                            if profile is not None:
+                            if profile is not None and self.protected:
                                 self.profile_breaker.record(took > wait, took > wait, started)
                             if took > wait:
                                 profile = None
@@ -293,7 +304,8 @@ class HandWritten:
         if outcome is Outcome.OK and t1 - t0 > timeout:
             outcome, signals = Outcome.TIMEOUT, None
         records.append(StepRecord("session", outcome, int((t1 - t0) * 1e6 + 0.5), detail))
-        self.guard.record(outcome is not Outcome.OK and outcome is not Outcome.MISS, t1)
+        if self.protected:
+            self.guard.record(outcome is not Outcome.OK and outcome is not Outcome.MISS, t1)
         # The fallback tiers would follow here; on the happy path the session tier served.
         trace = Trace(
             "search",
@@ -332,8 +344,14 @@ def _async_loop(
     return run
 
 
+def _unprotected(text: str) -> str:
+    """The reference policy text without its ``sources:`` section and its guards."""
+    text = re.sub(r"(?m)^sources:\n(?:(?:  .*)?\n)+?(?=\S)", "", text)
+    return re.sub(r"(?m)^    guards:\n(?:      .*\n)+", "    guards: []\n", text)
+
+
 def run(*, quick: bool) -> dict[str, dict[str, Any]]:
-    """Measure the happy path; returns ``{"sync": {...}, "async": {...}}``."""
+    """Measure the happy path; returns ``{"sync": ..., "async": ..., "foundation_sync": ...}``."""
     policies = load_policies_file(ROOT / "policies.yaml")
     sync_sources = {"session_store": SESSIONS, "profile_store": PROFILES, "segment_store": SEGMENTS}
     async_sources = {
@@ -343,6 +361,15 @@ def run(*, quick: bool) -> dict[str, dict[str, Any]]:
     }
     calls, repeats = (2_000, 9) if quick else (10_000, 15)
     results: dict[str, Comparison] = {}
+    # The foundation's measurement, kept so that regressions show: the same policy without
+    # source protection and without the error_rate guard, against the same hand-written code.
+    bare = load_policies(_unprotected((ROOT / "policies.yaml").read_text()))
+    with Engine(bare, sync_sources, events=NullSink(), seed=1) as engine:
+        reference = HandWritten(engine.config_version(), protected=False)
+        assert engine.decide(REQUEST).signals == reference.decide(REQUEST).signals
+        results["foundation_sync"] = compare(
+            _sync_loop(engine.decide), _sync_loop(reference.decide), calls=calls, repeats=repeats
+        )
     with Engine(policies, sync_sources, events=NullSink(), seed=1) as engine:
         reference = HandWritten(engine.config_version())
         check = engine.decide(REQUEST)

@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
@@ -149,9 +150,12 @@ class Bulkhead:
         """
         if timeout <= 0:
             raise TimeoutError(f"source {self.name!r}: no time left to call it ({timeout:g}s)")
+        # The deadline is fixed before submit(): starting a worker thread can itself take
+        # milliseconds, and that time is the caller's too.
+        deadline = time.monotonic() + timeout
         future = self.submit(fn, *args, **kwargs)
         try:
-            return future.result(timeout)
+            return future.result(max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
             # fn's own TimeoutError (socket.timeout is one) also lands here: tell them apart.
             if not future.done():

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -257,21 +257,30 @@ def _guarded_async(
     function = runtime.function
     now = runtime.clock.monotonic
 
-    async def once(key: str, timeout: float) -> Any:
-        if bulkhead is not None:
-            future = bulkhead.submit(function, key, timeout)
-            try:
-                return await asyncio.wrap_future(future)
-            except asyncio.CancelledError:
-                bulkhead.abandon(future)
-                raise
+    async def isolated(key: str, timeout: float) -> Any:
+        assert bulkhead is not None
+        future = bulkhead.submit(function, key, timeout)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            bulkhead.abandon(future)
+            raise
+
+    async def inline(key: str, timeout: float) -> Any:
         result = function(key, timeout)
         return await result if runtime.is_async else result
 
-    async def attempts(key: str, timeout: float) -> Any:
-        if retry is not None:
-            return await retry.acall(lambda cutoff: once(key, cutoff), timeout)
-        return await once(key, timeout)
+    # The fewest coroutine layers that do the job: each one costs a frame per call.
+    once: Callable[[str, float], Awaitable[Any]] = isolated if bulkhead is not None else inline
+    if bulkhead is None and runtime.is_async:
+        once = function
+    attempts = once
+    if retry is not None:
+
+        def retried(key: str, timeout: float) -> Awaitable[Any]:
+            return retry.acall(lambda cutoff: once(key, cutoff), timeout)
+
+        attempts = retried
 
     async def guarded(key: str, timeout: float) -> Any:
         ticket = breaker.permit() if breaker is not None else 0

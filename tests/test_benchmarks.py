@@ -7,9 +7,50 @@ from benchmarks import happy_path
 
 def test_happy_path_benchmark_runs_and_reports_ratios() -> None:
     results = happy_path.run(quick=True)
-    assert set(results) == {"sync", "async"}
+    assert set(results) == {"sync", "async", "foundation_sync"}
     for figures in results.values():
         assert figures["ratio"] > 0
         assert figures["subject_ns"] > 0
         assert figures["baseline_ns"] > 0
         assert figures["repeats"] >= 7
+
+
+def test_breaker_concurrency_benchmark_reports_all_three_variants() -> None:
+    from benchmarks import concurrency
+
+    results = concurrency.run(quick=True, threads=4, block=0.002, repeats=2)
+    for key in ("ratio", "pybreaker_ratio", "plain_ms", "resilience_ms", "pybreaker_ms"):
+        assert results[key] > 0, key
+    assert results["threads"] == 4
+    assert results["repeats"] == 2
+    assert results["breaker_state"] == "closed"  # every call succeeded through the breaker
+
+
+def test_open_breaker_benchmark_serves_the_stale_cache() -> None:
+    from benchmarks import open_breaker
+
+    results = open_breaker.run(quick=True, calls=5, repeats=1)
+    assert set(results) == {"sync", "async"}
+    for figures in results.values():
+        assert figures["served"] == "stale_cache"
+        assert figures["ratio"] > 0
+        assert figures["subject_ns"] > 0
+        assert figures["baseline_ns"] > 0
+
+
+def test_overrun_benchmark_counts_outcomes_and_never_raises() -> None:
+    from benchmarks import overrun
+
+    results = overrun.run(quick=True, calls=24, threads=4, batch=8, stress_batch=12, sync_hang=0.05)
+    assert results["budget_ms"] == 10.0
+    for mode in ("async", "sync"):
+        figures = results[mode]
+        assert figures["exceptions"] == 0
+        assert figures["calls"] == 24
+        assert set(figures["outcomes"]) == {"timeout", "rejected"}
+        assert sum(figures["outcomes"].values()) == 24
+        assert figures["served"] == {"unpersonalized": 24}
+        assert set(figures["overrun_ms"]) == {"p50", "p99", "p99.9", "max"}
+    assert results["async"]["outcomes"]["timeout"] == 24  # cancelled at the deadline, every one
+    assert set(results["async"]["asyncio_floor_ms"]) == {"p50", "p99", "p99.9", "max"}
+    assert results["sync"]["max_concurrent"] == 512

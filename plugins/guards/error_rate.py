@@ -123,7 +123,11 @@ class ErrorRateGuard(Guard):
         if ticket is None:
             return  # this guard switched the request off: nothing was attempted
         self._ticket.set(None)
-        if trace.reason is Reason.GUARD:
+        reason = trace.reason
+        if reason is Reason.PRIMARY and not self._post:
+            self._breaker.record(ticket, failed=False, slow=False)  # the common case, quickly
+            return
+        if reason is Reason.GUARD:
             self._breaker.release(ticket)  # another guard switched it off
             return
         failed_tier = False
