@@ -320,7 +320,7 @@ class HandWritten:
         return Decision(signals, request.candidates, trace)
 
 
-def _sync_loop(decide: Callable[[RequestContext], Decision]) -> Callable[[int], None]:
+def sync_loop(decide: Callable[[RequestContext], Decision]) -> Callable[[int], None]:
     def loop(calls: int) -> None:
         request = REQUEST
         for _ in range(calls):
@@ -329,7 +329,7 @@ def _sync_loop(decide: Callable[[RequestContext], Decision]) -> Callable[[int], 
     return loop
 
 
-def _async_loop(
+def async_loop(
     decide: Callable[[RequestContext], Coroutine[Any, Any, Decision]],
     loop: asyncio.AbstractEventLoop,
 ) -> Callable[[int], None]:
@@ -368,7 +368,7 @@ def run(*, quick: bool) -> dict[str, dict[str, Any]]:
         reference = HandWritten(engine.config_version(), protected=False)
         assert engine.decide(REQUEST).signals == reference.decide(REQUEST).signals
         results["foundation_sync"] = compare(
-            _sync_loop(engine.decide), _sync_loop(reference.decide), calls=calls, repeats=repeats
+            sync_loop(engine.decide), sync_loop(reference.decide), calls=calls, repeats=repeats
         )
     with Engine(policies, sync_sources, events=NullSink(), seed=1) as engine:
         reference = HandWritten(engine.config_version())
@@ -376,7 +376,7 @@ def run(*, quick: bool) -> dict[str, dict[str, Any]]:
         assert check.trace.served == "session", check.trace
         assert check.signals == reference.decide(REQUEST).signals
         results["sync"] = compare(
-            _sync_loop(engine.decide), _sync_loop(reference.decide), calls=calls, repeats=repeats
+            sync_loop(engine.decide), sync_loop(reference.decide), calls=calls, repeats=repeats
         )
     loop = asyncio.new_event_loop()
     try:
@@ -385,8 +385,8 @@ def run(*, quick: bool) -> dict[str, dict[str, Any]]:
             check = loop.run_until_complete(engine.adecide(REQUEST))
             assert check.trace.served == "session", check.trace
             results["async"] = compare(
-                _async_loop(engine.adecide, loop),
-                _async_loop(reference.adecide, loop),
+                async_loop(engine.adecide, loop),
+                async_loop(reference.adecide, loop),
                 calls=calls,
                 repeats=repeats,
             )

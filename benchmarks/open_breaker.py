@@ -10,7 +10,6 @@ run interleaved (``compare``); the figure is open over happy, sync and asyncio.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,12 @@ from resilience import (
     NullSink,
     Outcome,
     PolicySet,
-    RequestContext,
     SessionState,
     SourceFunction,
     load_policies_file,
 )
 
-from .happy_path import PROFILES, REQUEST, SEGMENTS, SESSIONS
+from .happy_path import PROFILES, REQUEST, SEGMENTS, SESSIONS, async_loop, sync_loop
 from .interleaved import compare
 
 __all__ = ["run"]
@@ -66,30 +64,6 @@ def _check_happy(decision: Decision) -> None:
     assert decision.trace.served == "session", decision.trace
 
 
-def _sync_loop(decide: Callable[[RequestContext], Decision]) -> Callable[[int], None]:
-    def loop(calls: int) -> None:
-        request = REQUEST
-        for _ in range(calls):
-            decide(request)
-
-    return loop
-
-
-def _async_loop(
-    decide: Callable[[RequestContext], Coroutine[Any, Any, Decision]],
-    loop: asyncio.AbstractEventLoop,
-) -> Callable[[int], None]:
-    async def many(calls: int) -> None:
-        request = REQUEST
-        for _ in range(calls):
-            await decide(request)
-
-    def run(calls: int) -> None:
-        loop.run_until_complete(many(calls))
-
-    return run
-
-
 def _measure_sync(policies: PolicySet, calls: int, repeats: int) -> dict[str, Any]:
     with (
         Engine(policies, _sync_sources(), events=NullSink(), seed=1) as opened,
@@ -100,7 +74,7 @@ def _measure_sync(policies: PolicySet, calls: int, repeats: int) -> dict[str, An
         _check_open(opened.decide(REQUEST))
         _check_happy(happy.decide(REQUEST))
         figures = compare(
-            _sync_loop(opened.decide), _sync_loop(happy.decide), calls=calls, repeats=repeats
+            sync_loop(opened.decide), sync_loop(happy.decide), calls=calls, repeats=repeats
         ).as_dict()
         last = opened.decide(REQUEST)
         _check_open(last)  # still open and still served from the cache after the run
@@ -120,8 +94,8 @@ def _measure_async(policies: PolicySet, calls: int, repeats: int) -> dict[str, A
             _check_open(loop.run_until_complete(opened.adecide(REQUEST)))
             _check_happy(loop.run_until_complete(happy.adecide(REQUEST)))
             figures = compare(
-                _async_loop(opened.adecide, loop),
-                _async_loop(happy.adecide, loop),
+                async_loop(opened.adecide, loop),
+                async_loop(happy.adecide, loop),
                 calls=calls,
                 repeats=repeats,
             ).as_dict()

@@ -224,27 +224,35 @@ def _guarded_sync(
         try:
             value = attempts(key, timeout)
             _check(value, expect, name)
-        except BulkheadFull:
-            breaker.release(ticket)  # the source was never asked: no news of its health
+        except BaseException as exc:
+            _record_error(breaker, ticket, exc)
             raise
-        except TimeoutError:
-            breaker.record(ticket, failed=True, slow=True)
-            raise
-        except BaseException:
-            breaker.record(ticket, failed=True, slow=False)
-            raise
-        elapsed = now() - t0
-        if value is None:
-            breaker.release(ticket)
-        else:
-            # An inline call cannot be cut: one that overran is a timeout, and slow.
-            overran = elapsed > timeout
-            breaker.record(
-                ticket, failed=overran, slow=overran or elapsed > breaker.slow_after(timeout)
-            )
+        _record_return(breaker, ticket, value, now() - t0, timeout)
         return value
 
     return guarded
+
+
+def _record_error(breaker: CircuitBreaker, ticket: int, exc: BaseException) -> None:
+    """Tell ``breaker`` how a call that raised ``exc`` went."""
+    if isinstance(exc, BulkheadFull):
+        breaker.release(ticket)  # the source was never asked: no news of its health
+    elif isinstance(exc, TimeoutError):
+        breaker.record(ticket, failed=True, slow=True)
+    else:
+        breaker.record(ticket, failed=True, slow=False)
+
+
+def _record_return(
+    breaker: CircuitBreaker, ticket: int, value: Any, elapsed: float, timeout: float
+) -> None:
+    """Tell ``breaker`` how a call that returned ``value`` after ``elapsed`` seconds went."""
+    if value is None:
+        breaker.release(ticket)  # a miss says nothing about the store's health
+        return
+    # An inline call cannot be cut: one that overran is a timeout, and slow.
+    overran = elapsed > timeout
+    breaker.record(ticket, failed=overran, slow=overran or elapsed > breaker.slow_after(timeout))
 
 
 def _guarded_async(
@@ -282,46 +290,36 @@ def _guarded_async(
 
         attempts = retried
 
+    if breaker is None:
+
+        async def unguarded(key: str, timeout: float) -> Any:
+            value = await attempts(key, timeout)
+            _check(value, expect, name)
+            return value
+
+        return unguarded
+
     async def guarded(key: str, timeout: float) -> Any:
-        ticket = breaker.permit() if breaker is not None else 0
+        ticket = breaker.permit()
         if ticket is None:
             raise BreakerOpen(name)
         t0 = now()
-        started = asyncio.get_running_loop().time() if breaker is not None else 0.0
+        started = asyncio.get_running_loop().time()
         try:
             value = await attempts(key, timeout)
             _check(value, expect, name)
         except asyncio.CancelledError:
-            if breaker is not None:
-                # Cut at the deadline: a timeout. Cancelled earlier by the caller: no news.
-                # Judged on the loop's clock, which is the one asyncio's deadlines run on.
-                waited = asyncio.get_running_loop().time() - started
-                if waited >= timeout - _DEADLINE_SLACK:
-                    breaker.record(ticket, failed=True, slow=True)
-                else:
-                    breaker.release(ticket)
-            raise
-        except BulkheadFull:
-            if breaker is not None:
-                breaker.release(ticket)
-            raise
-        except TimeoutError:
-            if breaker is not None:
+            # Cut at the deadline: a timeout. Cancelled earlier by the caller: no news.
+            # Judged on the loop's clock, which is the one asyncio's deadlines run on.
+            if asyncio.get_running_loop().time() - started >= timeout - _DEADLINE_SLACK:
                 breaker.record(ticket, failed=True, slow=True)
-            raise
-        except BaseException:
-            if breaker is not None:
-                breaker.record(ticket, failed=True, slow=False)
-            raise
-        if breaker is not None:
-            elapsed = now() - t0
-            if value is None:
-                breaker.release(ticket)
             else:
-                overran = elapsed > timeout
-                breaker.record(
-                    ticket, failed=overran, slow=overran or elapsed > breaker.slow_after(timeout)
-                )
+                breaker.release(ticket)
+            raise
+        except BaseException as exc:
+            _record_error(breaker, ticket, exc)
+            raise
+        _record_return(breaker, ticket, value, now() - t0, timeout)
         return value
 
     return guarded
