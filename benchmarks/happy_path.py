@@ -351,7 +351,7 @@ def _unprotected(text: str) -> str:
 
 
 def run(*, quick: bool) -> dict[str, dict[str, Any]]:
-    """Measure the happy path; returns ``{"sync": ..., "async": ..., "foundation_sync": ...}``."""
+    """Measure the happy path: ``sync``, ``async`` and their ``foundation_*`` forms."""
     policies = load_policies_file(ROOT / "policies.yaml")
     sync_sources = {"session_store": SESSIONS, "profile_store": PROFILES, "segment_store": SEGMENTS}
     async_sources = {
@@ -380,6 +380,14 @@ def run(*, quick: bool) -> dict[str, dict[str, Any]]:
         )
     loop = asyncio.new_event_loop()
     try:
+        with Engine(bare, async_sources, events=NullSink(), seed=1) as engine:
+            reference = HandWritten(engine.config_version(), protected=False)
+            results["foundation_async"] = compare(
+                async_loop(engine.adecide, loop),
+                async_loop(reference.adecide, loop),
+                calls=calls,
+                repeats=repeats,
+            )
         with Engine(policies, async_sources, events=NullSink(), seed=1) as engine:
             reference = HandWritten(engine.config_version())
             check = loop.run_until_complete(engine.adecide(REQUEST))

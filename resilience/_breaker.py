@@ -30,6 +30,7 @@ breaker run concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -264,6 +265,9 @@ class CircuitBreaker:
         )
         self._timed = options.window == "time"
         self._minimum_calls = options.minimum_calls
+        self._slow_rule = options.slow_call_rate < 1.0
+        #: calls longer than this are slow; ``None``: longer than the timeout they were given
+        self.slow_call_duration: float | None = options.slow_call_duration
         self._machine = pybreaker.CircuitBreaker(
             fail_max=2**31,  # tripping is this class's job; pybreaker only holds the state
             reset_timeout=options.open_for,
@@ -290,8 +294,11 @@ class CircuitBreaker:
 
     def permit(self) -> int | None:
         """A ticket for one call, or ``None`` when the breaker refuses it."""
+        # The generation is read first: if a transition slips in between, the ticket is stale
+        # and its news ignored, never counted against the new state.
+        generation = self._generation
         if self.state is CLOSED:
-            return self._generation
+            return generation
         with self._lock:
             return self._permit_slow()
 
@@ -302,11 +309,14 @@ class CircuitBreaker:
                 return  # admitted before the last transition: its news is stale
             if self.state is CLOSED:
                 now = self._now() if self._timed else 0.0  # a count window needs no clock
-                self._window.add(failed, slow, now)
-                if self._forced is None:
+                window = self._window
+                window.add(failed, slow, now)
+                # A success cannot raise a rate: only a failure, or reaching the minimum, can
+                # make the window trip.
+                if self._forced is None and (failed or slow or window.calls == self._minimum_calls):
                     self._maybe_trip(now)
             elif self.state is HALF_OPEN:
-                if failed or slow:
+                if failed or (slow and self._slow_rule):
                     self._open("probe_failed")
                 else:
                     self._probes_ok += 1
@@ -320,10 +330,6 @@ class CircuitBreaker:
         with self._lock:
             if ticket == self._generation and self.state is HALF_OPEN:
                 self._probes_left += 1  # the probe told nothing: let another one through
-
-    def slow_after(self, timeout: float) -> float:
-        """The duration past which a call given ``timeout`` counts as slow."""
-        return self.options.slow_call_duration or timeout
 
     # --- operators ----------------------------------------------------------------------------
 
@@ -396,7 +402,7 @@ class CircuitBreaker:
         self._opened_at = self._now()
         self._reason = reason
         self.state = OPEN
-        self._machine.open()
+        self._tell_machine(self._machine.open)
 
     def _half_open(self, now: float) -> None:
         self._generation += 1
@@ -404,7 +410,7 @@ class CircuitBreaker:
         self._probes_left = self.options.half_open_probes
         self._probes_ok = 0
         self.state = HALF_OPEN
-        self._machine.half_open()
+        self._tell_machine(self._machine.half_open)
 
     def _close(self, reason: str) -> None:
         self._generation += 1
@@ -412,7 +418,13 @@ class CircuitBreaker:
         self._reason = reason
         self._last_rates = (0, 0.0, 0.0)
         self.state = CLOSED
-        self._machine.close()
+        self._tell_machine(self._machine.close)
+
+    def _tell_machine(self, transition: Callable[[], object]) -> None:
+        # pybreaker runs listeners and storage here; their failure must not become the
+        # caller's. The mirror in self.state stays the truth for the request path.
+        with contextlib.suppress(Exception):
+            transition()
 
     def _announce(self, state: str) -> None:
         # Called by pybreaker's listener machinery, inside our lock: only emit.

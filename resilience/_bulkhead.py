@@ -124,7 +124,8 @@ class Bulkhead:
         with self._lock:
             if self._closed or self._in_flight >= self.max_concurrent:
                 self._rejected += 1
-                raise BulkheadFull(self.name, self.max_concurrent)
+                stuck = sum(1 for f in self._abandoned_futures if not f.done())
+                raise BulkheadFull(self.name, self.max_concurrent, stuck)
             self._in_flight += 1
             # Queued under the lock, so that close()'s stop markers always come after it.
             self._queue.put((future, fn, args, kwargs))

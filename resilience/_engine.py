@@ -34,7 +34,7 @@ from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
 from ._plugins import PluginHost
 from ._policy import Policy, PolicySet, load_policies, load_policies_file
-from ._sources import SourceFunction, SourceRuntime
+from ._sources import STEP_DEADLINE, SourceFunction, SourceRuntime
 from ._steps import BuildContext, Guard, PostStep, Step, Tier, source_fields
 from ._trace import Decision, Reason, StepRecord, Trace
 from .events import (
@@ -108,17 +108,6 @@ def _failure(exc: BaseException) -> tuple[Outcome, str]:
     if isinstance(exc, TimeoutError):  # e.g. a socket timeout set from the step's budget
         return _TIMEOUT, type(exc).__name__
     return _ERROR, type(exc).__name__
-
-
-def _propagate_cancellation() -> None:
-    """Re-raise the caller's cancellation if a step swallowed or converted it.
-
-    ``asyncio.timeout`` uncancels what it cancelled itself, so anything left pending here is
-    the caller's: it must win over any outcome.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _run_sync(
@@ -391,18 +380,22 @@ class Engine:
                     records.append(StepRecord(tier.step_id, _SKIPPED, 0))
                     continue
                 if tier.awaits:
-                    cutoff = asyncio.timeout(timeout)
+                    when = asyncio.get_running_loop().time() + timeout
+                    cutoff = asyncio.timeout_at(when)
+                    marker = STEP_DEADLINE.set(when)  # sources tell a cut from a cancel by it
                     try:
                         async with cutoff:
                             result = await tier.arun(request, timeout)
                     except (Exception, asyncio.CancelledError) as exc:
-                        _propagate_cancellation()
+                        STEP_DEADLINE.reset(marker)
+                        self._propagate_cancellation(plan, request, start, records)
                         if cutoff.expired():
                             outcome, detail = _TIMEOUT, "cancelled at deadline"
                         else:
                             outcome, detail = _failure(exc)
                     else:
-                        _propagate_cancellation()
+                        STEP_DEADLINE.reset(marker)
+                        self._propagate_cancellation(plan, request, start, records)
                         outcome, detail = _classify(result, now() - t0, timeout)
                 else:
                     outcome, detail, result, _ = _run_sync(tier, request, timeout, t0, now)
@@ -415,6 +408,35 @@ class Engine:
             return self._finish(plan, request, start, deadline, records, reason, served, signals)
         except Exception as exc:
             return self._internal_error(request, exc)
+
+    def _propagate_cancellation(
+        self, plan: _Plan, request: RequestContext, start: float, records: list[StepRecord]
+    ) -> None:
+        """Re-raise the caller's cancellation if a step swallowed or converted it.
+
+        ``asyncio.timeout`` uncancels what it cancelled itself, so anything left pending here is
+        the caller's: it must win over any outcome. Observers still hear of the decision (reason
+        ``cancelled``), so that nothing they hold for it, such as a probe, is lost.
+        """
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            if plan.observers:
+                trace = Trace(
+                    plan.name,
+                    plan.version,
+                    request.request_id,
+                    "",
+                    Reason.CANCELLED,
+                    tuple(records),
+                    0,
+                    int((self._now() - start) * 1e6 + 0.5),
+                )
+                for observe in plan.observers:
+                    try:
+                        observe(trace)
+                    except Exception as exc:
+                        self._observer_failed(plan, exc)
+            raise asyncio.CancelledError
 
     def _begin(
         self, plan: _Plan, request: RequestContext, start: float

@@ -151,9 +151,15 @@ class BulkheadFull(ResilienceError):  # noqa: N818 - names the outcome it causes
     Args:
         source: the source whose bulkhead is full.
         limit: how many calls it admits at once.
+        stuck: how many of its slots are held by calls their callers gave up on: a sign that
+            the store hangs, which its breaker counts as a failure.
     """
 
-    def __init__(self, source: str, limit: int) -> None:
+    def __init__(self, source: str, limit: int, stuck: int = 0) -> None:
         self.source = source
         self.limit = limit
-        super().__init__(f"bulkhead of source {source!r} is full ({limit} calls in flight)")
+        self.stuck = stuck
+        super().__init__(
+            f"bulkhead of source {source!r} is full ({limit} calls in flight, "
+            f"{stuck} of them abandoned)"
+        )

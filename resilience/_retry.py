@@ -3,7 +3,8 @@
 tenacity's ``stop_after_delay`` is checked only between attempts and never interrupts one, so it
 is no deadline. Here every attempt gets its own cutoff (``attempt_timeout``, by default an equal
 share of what the call was given), and a further attempt starts only if, after the backoff, a whole
-``attempt_timeout`` is still left: no attempt starts that cannot finish in time.
+``attempt_timeout`` is still left (less a quarter, for the time an attempt takes to be cut and
+reported): no attempt starts that cannot finish in time.
 
 A fresh ``Retrying`` is made per logical call: a shared one is not safe across threads or tasks
 (tenacity issue #93), and retries are declared only where a source asks for them, so only those
@@ -58,6 +59,12 @@ class RetryOptions(BaseModel):
     )
 
 
+#: The share of an attempt's cutoff that may be missing when the next attempt starts: an
+#: attempt is cut and reported a little after its cutoff (asyncio rounds timer waits up to
+#: whole milliseconds), so with equal shares the last one would otherwise never start.
+_SHARE_SLACK = 0.25
+
+
 def _sleeper(clock: Clock) -> Callable[[float], None]:
     sleep = getattr(clock, "sleep", None)
     return sleep if callable(sleep) else time.sleep
@@ -69,7 +76,7 @@ class RetryPolicy:
     Args:
         options: the declared retry options.
         clock: the engine's clocks; a clock with a ``sleep(seconds)`` method (the test kit's
-            ``FakeClock``) also drives the backoff.
+            ``FakeClock`` has one: it advances) also drives the backoff.
     """
 
     def __init__(self, options: RetryOptions, clock: Clock) -> None:
@@ -96,9 +103,12 @@ class RetryPolicy:
         deadline = self._now() + timeout
         backoff = self.options.backoff
         attempts = self._attempts
+        # An attempt cut at its share ends a little after it: three quarters of a share left
+        # still makes a useful attempt. Without this slack the last equal share is never used.
+        needed = share * (1.0 - _SHARE_SLACK)
 
         def stop(state: RetryCallState) -> bool:
-            return attempts(state) or deadline - self._now() - backoff < share
+            return attempts(state) or deadline - self._now() - backoff < needed
 
         return share, deadline, stop
 

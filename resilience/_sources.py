@@ -27,6 +27,7 @@ import asyncio
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from contextvars import ContextVar
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +45,10 @@ T = TypeVar("T")
 
 #: How early asyncio may fire a deadline and still be taken for it (timer granularity).
 _DEADLINE_SLACK = 0.001
+
+#: The loop time at which the engine cuts the step being awaited (``None`` outside one): lets a
+#: source tell a deadline cut from its caller's cancellation.
+STEP_DEADLINE: ContextVar[float | None] = ContextVar("resilience_step_deadline", default=None)
 
 #: What may be bound as a source: ``fn(key)``, ``fn(key, timeout=...)``, or their ``async`` forms.
 SourceFunction = Callable[..., Any]
@@ -236,7 +241,10 @@ def _guarded_sync(
 def _record_error(breaker: CircuitBreaker, ticket: int, exc: BaseException) -> None:
     """Tell ``breaker`` how a call that raised ``exc`` went."""
     if isinstance(exc, BulkheadFull):
-        breaker.release(ticket)  # the source was never asked: no news of its health
+        if exc.stuck:  # slots held by calls that never came back: the store hangs
+            breaker.record(ticket, failed=True, slow=True)
+        else:
+            breaker.release(ticket)  # busy, not broken: no news of its health
     elif isinstance(exc, TimeoutError):
         breaker.record(ticket, failed=True, slow=True)
     else:
@@ -252,7 +260,9 @@ def _record_return(
         return
     # An inline call cannot be cut: one that overran is a timeout, and slow.
     overran = elapsed > timeout
-    breaker.record(ticket, failed=overran, slow=overran or elapsed > breaker.slow_after(timeout))
+    breaker.record(
+        ticket, failed=overran, slow=overran or elapsed > (breaker.slow_call_duration or timeout)
+    )
 
 
 def _guarded_async(
@@ -309,9 +319,11 @@ def _guarded_async(
             value = await attempts(key, timeout)
             _check(value, expect, name)
         except asyncio.CancelledError:
-            # Cut at the deadline: a timeout. Cancelled earlier by the caller: no news.
-            # Judged on the loop's clock, which is the one asyncio's deadlines run on.
-            if asyncio.get_running_loop().time() - started >= timeout - _DEADLINE_SLACK:
+            # Cut at a deadline: a timeout. Cancelled earlier by the caller: no news. Judged on
+            # the loop's clock, which asyncio's deadlines run on, against the step's deadline
+            # (set by the engine) or else this call's own.
+            cut_at = STEP_DEADLINE.get() or started + timeout
+            if asyncio.get_running_loop().time() >= cut_at - _DEADLINE_SLACK:
                 breaker.record(ticket, failed=True, slow=True)
             else:
                 breaker.release(ticket)

@@ -21,6 +21,7 @@ class Reason(StrEnum):
     BUDGET = "budget"  # the budget ran out before a personalized tier could serve
     UNKNOWN_POLICY = "unknown_policy"  # the request named no known policy (nor is there a default)
     CLOSED = "closed"  # the engine was closed
+    CANCELLED = "cancelled"  # the caller cancelled adecide(); only observers see this trace
     INTERNAL_ERROR = "internal_error"  # the engine caught a bug of its own; see the event log
 
 

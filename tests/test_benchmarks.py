@@ -7,7 +7,7 @@ from benchmarks import happy_path
 
 def test_happy_path_benchmark_runs_and_reports_ratios() -> None:
     results = happy_path.run(quick=True)
-    assert set(results) == {"sync", "async", "foundation_sync"}
+    assert set(results) == {"sync", "async", "foundation_sync", "foundation_async"}
     for figures in results.values():
         assert figures["ratio"] > 0
         assert figures["subject_ns"] > 0

@@ -116,13 +116,42 @@ def test_a_failing_probe_reopens_it(fake_clock: FakeClock) -> None:
     assert breaker.permit() is None  # the open time starts again
 
 
-def test_a_slow_probe_reopens_it(fake_clock: FakeClock) -> None:
-    breaker = make(fake_clock)
+def test_a_slow_probe_reopens_it_when_slow_calls_count(fake_clock: FakeClock) -> None:
+    breaker = make(fake_clock, slow_call_rate=0.5)
     feed(breaker, failures=10)
     fake_clock.advance(5.1)
     probe = breaker.permit()
     assert probe is not None
     breaker.record(probe, failed=False, slow=True)
+    assert breaker.state == "open"
+
+
+def test_a_slow_probe_is_a_success_when_slow_calls_do_not_count(fake_clock: FakeClock) -> None:
+    breaker = make(fake_clock, half_open_probes=1)  # slow_call_rate 1.0: the rule is off
+    feed(breaker, failures=10)
+    fake_clock.advance(5.1)
+    probe = breaker.permit()
+    assert probe is not None
+    breaker.record(probe, failed=False, slow=True)
+    assert breaker.state == "closed"
+
+
+def test_a_success_that_reaches_the_minimum_can_trip_it(fake_clock: FakeClock) -> None:
+    breaker = make(fake_clock)  # minimum 10 calls, above 50% failed
+    feed(breaker, failures=9)
+    feed(breaker, failures=0, successes=1)  # 9 of 10 failed: the tenth call, a success, trips
+    assert breaker.state == "open"
+
+
+def test_a_raising_listener_never_reaches_the_caller(fake_clock: FakeClock) -> None:
+    class Broken(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: object, old_state: object, new_state: object) -> None:
+            raise RuntimeError("listener bug")
+
+    breaker = CircuitBreaker(
+        "store", BreakerOptions(minimum_calls=2, size=2), fake_clock, listeners=(Broken(),)
+    )
+    feed(breaker, failures=2)  # would raise from record() if the listener's error leaked
     assert breaker.state == "open"
 
 

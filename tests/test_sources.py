@@ -302,3 +302,31 @@ def test_async_retries_cut_each_attempt(make_engine: Callable[..., Engine]) -> N
     decision = asyncio.run(engine.adecide(USER))
     assert calls == 2
     assert decision.trace.served == "profile_only"
+
+
+def test_a_hung_store_behind_a_full_bulkhead_opens_its_breaker(blocking: BlockingStore) -> None:
+    options = BULKHEAD.replace("max_concurrent: 2", "max_concurrent: 1") + BREAKER.replace(
+        "minimum_calls: 4", "minimum_calls: 3"
+    )
+    text = policy(options).replace("timeout: 10ms", "timeout: 2ms")
+    with real_engine(text, {"profile_store": blocking}) as engine:
+        outcomes = [engine.decide(USER).trace.outcome_of("profile_only") for _ in range(4)]
+    # one timeout, then rejections by a bulkhead whose only slot a hung call holds: failures
+    assert outcomes == [Outcome.TIMEOUT, Outcome.REJECTED, Outcome.REJECTED, Outcome.BREAKER_OPEN]
+
+
+def test_a_timed_out_attempt_is_retried_on_the_real_clock() -> None:
+    calls = 0
+
+    async def store(key: str) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(10)  # hangs past its 5 ms share of the 10 ms timeout
+        return PROFILE
+
+    text = policy(RETRY.replace("attempts: 3", "attempts: 2"))
+    with real_engine(text, {"profile_store": store}) as engine:
+        decision = asyncio.run(engine.adecide(USER))
+    assert calls == 2
+    assert decision.trace.served == "profile_only"

@@ -123,12 +123,18 @@ class ErrorRateGuard(Guard):
         if ticket is None:
             return  # this guard switched the request off: nothing was attempted
         self._ticket.set(None)
+        if trace.outcome_of(self.step_id) is not Outcome.OK:
+            # check() did not let this request through (a guard before it tripped, or it never
+            # ran): the ticket is a leftover of an earlier request in this thread or task, whose
+            # observe() never came. Give it back.
+            self._breaker.release(ticket)
+            return
         reason = trace.reason
         if reason is Reason.PRIMARY and not self._post:
             self._breaker.record(ticket, failed=False, slow=False)  # the common case, quickly
             return
-        if reason is Reason.GUARD:
-            self._breaker.release(ticket)  # another guard switched it off
+        if reason is Reason.GUARD or reason is Reason.CANCELLED:
+            self._breaker.release(ticket)  # switched off by another guard, or never finished
             return
         failed_tier = False
         failed_post = False
@@ -138,12 +144,13 @@ class ErrorRateGuard(Guard):
                     failed_tier = True
                 elif record.step in self._post:
                     failed_post = True
-        if self._strict:
-            failed = failed_tier or failed_post
-        else:
-            served = trace.served in self._personalized
-            failed = failed_post or (failed_tier and not served)
-            if not failed and not served:
-                self._breaker.release(ticket)  # nothing personal to serve: neither way
-                return
+        served = trace.served in self._personalized
+        failed = (
+            failed_tier or failed_post
+            if self._strict
+            else (failed_post or (failed_tier and not served))
+        )
+        if not failed and not served:
+            self._breaker.release(ticket)  # nothing personal to serve: neither way
+            return
         self._breaker.record(ticket, failed=failed, slow=False)

@@ -42,6 +42,10 @@ class FakeClock:
             self._monotonic += seconds
             self._wall += seconds
 
+    def sleep(self, seconds: float) -> None:
+        """Sleep on this clock: advance it (retry backoffs use it)."""
+        self.advance(seconds)
+
     def set_wall(self, wall: float) -> None:
         """Jump the wall clock alone (as NTP may); the monotonic clock is unaffected."""
         self._wall = wall

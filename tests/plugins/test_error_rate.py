@@ -204,3 +204,49 @@ def test_it_works_from_asyncio_too(
         return (await engine.adecide(USER)).trace.reason
 
     assert asyncio.run(many()) is Reason.GUARD
+
+
+def test_a_cancelled_probe_does_not_leave_it_stuck(
+    make_engine: Callable[..., Engine],
+    segments: FaultySource,
+    fake_clock: FakeClock,
+) -> None:
+    import asyncio
+
+    hang = asyncio.Event()
+
+    async def profile(key: str) -> Affinities | None:
+        if mode == "hang":
+            await hang.wait()
+        if mode == "fail":
+            raise ConnectionError("down")
+        return Affinities({"books": 1.0})
+
+    mode = "fail"
+    text = (
+        POLICY.format(extra="", other_guard="")
+        .replace("half_open_probes: 2", "half_open_probes: 1")
+        .replace("chain: [profile_only,", "chain: [{type: profile_only, timeout: 30ms},")
+    )
+    engine = make_engine(text, {"profile_store": profile, "segment_store": segments.async_})
+    segments.raises()
+
+    async def scenario() -> list[Reason]:
+        nonlocal mode
+        for _ in range(20):
+            await engine.adecide(USER)
+        fake_clock.advance(10.1)
+        mode = "hang"
+        probe = asyncio.create_task(engine.adecide(USER))  # the one probe hangs...
+        await asyncio.sleep(0.001)
+        probe.cancel()  # ...and its caller gives up
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        mode = "ok"
+        return [(await engine.adecide(USER)).trace.reason for _ in range(2)]
+
+    import contextlib
+
+    reasons = asyncio.run(scenario())
+    # the cancelled probe gave its place back: the next request probes, succeeds, closes it
+    assert reasons == [Reason.PRIMARY, Reason.PRIMARY]
