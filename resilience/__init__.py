@@ -43,8 +43,9 @@ from ._policy import (
     load_policies,
     load_policies_file,
 )
+from ._redis import RedisOptions, RedisSessionStore, SessionFormat, decode_session
 from ._retry import RetryOptions
-from ._sources import BoundSource, MemorySource, SourceFunction, SourceOptions
+from ._sources import BoundSource, MemorySource, SourceFunction, SourceOptions, Store
 from ._steps import (
     BuildContext,
     Guard,
@@ -99,9 +100,12 @@ __all__ = [
     "PolicyValidationError",
     "PostStep",
     "Reason",
+    "RedisOptions",
+    "RedisSessionStore",
     "RequestContext",
     "ResilienceError",
     "RetryOptions",
+    "SessionFormat",
     "SessionState",
     "Settings",
     "Signals",
@@ -114,11 +118,13 @@ __all__ = [
     "StepParams",
     "StepRecord",
     "StepSpec",
+    "Store",
     "StructlogSink",
     "SystemClock",
     "Tier",
     "TierParams",
     "Trace",
+    "decode_session",
     "format_duration",
     "hookimpl",
     "load_policies",

@@ -34,7 +34,7 @@ from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
 from ._plugins import PluginHost
 from ._policy import Policy, PolicySet, load_policies, load_policies_file
-from ._sources import STEP_DEADLINE, SourceFunction, SourceRuntime
+from ._sources import STEP_DEADLINE, SourceFunction, SourceOptions, SourceRuntime
 from ._steps import BuildContext, Guard, PostStep, Step, Tier, source_fields
 from ._trace import Decision, Reason, StepRecord, Trace
 from .events import (
@@ -225,7 +225,22 @@ class Engine:
                 for field_name, source in source_fields(spec.params):
                     if source in bound:
                         continue
+                    options = policies.source_options(source)
                     target = sources.get(source)
+                    if options.redis is not None:
+                        problem = self._from_policy(source, options, target, bound)
+                        if problem:
+                            issues.append(
+                                PolicyIssue(
+                                    policies.file,
+                                    spec.line,
+                                    spec.column,
+                                    f"{spec.path}.{field_name}",
+                                    problem[0],
+                                    problem[1],
+                                )
+                            )
+                        continue
                     if target is None:
                         known = ", ".join(sorted(sources)) or "none"
                         issues.append(
@@ -263,6 +278,29 @@ class Engine:
             # One source missing in several steps is reported once per step.
             raise SourceBindingError(issues)
         return bound
+
+    def _from_policy(
+        self,
+        name: str,
+        options: SourceOptions,
+        target: SourceFunction | None,
+        bound: dict[str, SourceRuntime],
+    ) -> tuple[str, str] | None:
+        """Make a source the policy declares in full; returns a problem and its fix, if any."""
+        if target is not None:
+            return (
+                f"source {name!r} is declared with redis: in the policy and also bound in code",
+                "bind nothing under this name: connection settings belong in the policy",
+            )
+        try:
+            bound[name] = SourceRuntime.from_policy(name, options, self._clock, self._events)
+        except (ValueError, ImportError) as exc:
+            return (
+                f"source {name!r} could not be made: {exc}",
+                "check sources.<name>.redis, its environment variables, and that the "
+                "redis extra is installed",
+            )
+        return None
 
     def _compile(self, policy: Policy, bound: dict[str, SourceRuntime]) -> _Plan:
         kinds = {spec.step_id: spec.type.kind for spec in policy.steps()}
@@ -668,7 +706,13 @@ class Engine:
         self._events.emit(ENGINE_CLOSED, policies=list(self._plans))
 
     async def aclose(self) -> None:
-        """The asyncio form of :meth:`close`."""
+        """The asyncio form of :meth:`close`; also closes the asyncio connections of sources the
+        engine made itself (Redis)."""
+        if self._closed:
+            return
+        for runtime in self._sources.values():
+            with contextlib.suppress(Exception):
+                await runtime.aclose()
         self.close()
 
     def _release(self) -> None:

@@ -19,6 +19,7 @@ from pydantic_core import PydanticUndefined
 from ._breaker import BreakerOptions
 from ._durations import format_duration
 from ._plugins import PluginHost, StepType
+from ._redis import RedisOptions, SessionFormat
 from ._retry import RetryOptions
 from ._sources import SourceOptions
 from ._steps import _is_source_annotation
@@ -68,6 +69,8 @@ def _default(info: FieldInfo) -> str:
     value: Any = info.get_default(call_default_factory=True)
     if _is_duration(info) and isinstance(value, float):
         return f"`{format_duration(value)}`"
+    if isinstance(value, BaseModel):
+        return "see below"  # a nested options model: its own table follows
     return f"`{json.dumps(value)}`"
 
 
@@ -80,6 +83,8 @@ _OPTION_MODELS: dict[str, type[BaseModel]] = {
     "sources": SourceOptions,
     "breaker": BreakerOptions,
     "retry": RetryOptions,
+    "redis": RedisOptions,
+    "redis_format": SessionFormat,
 }
 
 

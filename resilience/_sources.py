@@ -28,7 +28,7 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,10 +36,18 @@ from ._breaker import BreakerOptions, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
 from ._errors import BreakerOpen, BulkheadFull, GarbageData
+from ._redis import RedisOptions, RedisSessionStore
 from ._retry import RetryOptions, RetryPolicy
 from .events import EventSink
 
-__all__ = ["BoundSource", "MemorySource", "SourceFunction", "SourceOptions", "SourceRuntime"]
+__all__ = [
+    "BoundSource",
+    "MemorySource",
+    "SourceFunction",
+    "SourceOptions",
+    "SourceRuntime",
+    "Store",
+]
 
 T = TypeVar("T")
 
@@ -50,8 +58,22 @@ _DEADLINE_SLACK = 0.001
 #: source tell a deadline cut from its caller's cancellation.
 STEP_DEADLINE: ContextVar[float | None] = ContextVar("resilience_step_deadline", default=None)
 
-#: What may be bound as a source: ``fn(key)``, ``fn(key, timeout=...)``, or their ``async`` forms.
-SourceFunction = Callable[..., Any]
+
+class Store(Protocol):
+    """A source object serving both sides: ``get`` for ``decide``, ``aget`` for ``adecide``."""
+
+    def get(self, key: str, timeout: float) -> Any:
+        """The record for ``key``, or ``None``; waits at most ``timeout`` seconds."""
+        ...
+
+    async def aget(self, key: str, timeout: float) -> Any:
+        """The asyncio form of :meth:`get`."""
+        ...
+
+
+#: What may be bound as a source: ``fn(key)``, ``fn(key, timeout=...)``, their ``async`` forms,
+#: or a :class:`Store` object.
+SourceFunction = Callable[..., Any] | Store
 
 
 class SourceOptions(BaseModel):
@@ -69,6 +91,11 @@ class SourceOptions(BaseModel):
     )
     breaker: BreakerOptions | None = Field(default=None, description="A circuit breaker.")
     retry: RetryOptions | None = Field(default=None, description="Retries within the budget.")
+    redis: RedisOptions | None = Field(
+        default=None,
+        description="Read this source from Redis (a session store); the engine makes it, "
+        "code binds nothing under this name.",
+    )
 
 
 def _is_coroutine_function(fn: object) -> bool:
@@ -86,7 +113,7 @@ def _accepts_timeout(fn: Callable[..., Any]) -> bool:
     return "timeout" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def _adapt(target: SourceFunction) -> Callable[[str, float], Any]:
+def _adapt(target: Callable[..., Any]) -> Callable[[str, float], Any]:
     if _accepts_timeout(target):
         return lambda key, timeout: target(key, timeout=timeout)
     return lambda key, timeout: target(key)
@@ -107,13 +134,25 @@ class SourceRuntime:
         clock: Clock,
         events: EventSink,
     ) -> None:
-        if not callable(target):
-            raise TypeError(f"source {name!r} is bound to {target!r}, which is not callable")
         self.name = name
         self.target = target
         self.options = options
-        self.is_async = _is_coroutine_function(target)
-        self.function = _adapt(target)
+        self.owned = False  # made by the engine from the policy (and so closed by it)
+        #: an object with get(key, timeout) and async aget(key, timeout): serves both sides
+        self.dual = callable(getattr(target, "get", None)) and _is_coroutine_function(
+            getattr(target, "aget", None)
+        )
+        if self.dual:
+            store: Any = target
+            self.is_async = False
+            self.function: Callable[[str, float], Any] = store.get
+            self.async_function: Callable[[str, float], Any] = store.aget
+        else:
+            if not callable(target):
+                raise TypeError(f"source {name!r} is bound to {target!r}, which is not callable")
+            self.is_async = _is_coroutine_function(target)
+            self.function = _adapt(target)
+            self.async_function = self.function
         self.breaker = (
             CircuitBreaker(name, options.breaker, clock, events) if options.breaker else None
         )
@@ -131,9 +170,33 @@ class SourceRuntime:
         # Without a breaker there is nothing to feed: the step's own type check suffices.
         return BoundSource(self, expect if self.breaker is not None else None)
 
+    @classmethod
+    def from_policy(
+        cls, name: str, options: SourceOptions, clock: Clock, events: EventSink
+    ) -> SourceRuntime:
+        """A source the policy declares fully (``redis:``), made and owned by the engine."""
+        assert options.redis is not None
+        runtime = cls(name, RedisSessionStore(name, options.redis), options, clock, events)
+        runtime.owned = True
+        return runtime
+
     def close(self) -> None:
         if self.bulkhead is not None:
             self.bulkhead.close()
+        if self.owned:
+            closer = getattr(self.target, "close", None)
+            if callable(closer):
+                closer()
+
+    async def aclose(self) -> None:
+        if self.bulkhead is not None:
+            self.bulkhead.close()
+        if self.owned:
+            closer = getattr(self.target, "aclose", None)
+            if closer is not None and _is_coroutine_function(closer):
+                await closer()
+            else:
+                self.close()
 
 
 class BoundSource:
@@ -157,12 +220,12 @@ class BoundSource:
         self.runtime = runtime
         self.name = runtime.name
         self.is_async = runtime.is_async
-        self.awaits = runtime.is_async or runtime.bulkhead is not None
+        self.awaits = runtime.is_async or runtime.dual or runtime.bulkhead is not None
         plain = runtime.breaker is None and runtime.retry is None and runtime.bulkhead is None
         if plain and expect is None:
             # Nothing to guard: the adapted function itself, no extra frame per call.
             self.call: Callable[[str, float], Any] = runtime.function
-            self.acall: Callable[[str, float], Any] = runtime.function
+            self.acall: Callable[[str, float], Any] = runtime.async_function
         else:
             self.call = _guarded_sync(runtime, expect)
             self.acall = _guarded_async(runtime, expect)
@@ -290,8 +353,8 @@ def _guarded_async(
 
     # The fewest coroutine layers that do the job: each one costs a frame per call.
     once: Callable[[str, float], Awaitable[Any]] = isolated if bulkhead is not None else inline
-    if bulkhead is None and runtime.is_async:
-        once = function
+    if bulkhead is None and (runtime.is_async or runtime.dual):
+        once = runtime.async_function
     attempts = once
     if retry is not None:
 

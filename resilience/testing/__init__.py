@@ -8,11 +8,16 @@ installed (entry point ``pytest11``). See ``docs/testing.md``.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import signal
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["FakeClock", "FaultySource", "RecordingSink"]
+__all__ = ["FakeClock", "FaultySource", "RecordingSink", "RedisServer"]
 
 
 class FakeClock:
@@ -182,3 +187,111 @@ class FaultySource:
             self.clock.advance(seconds)
         else:
             self._release.wait(seconds)  # healthy() releases a blocked call early
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, for tests and drills.
+
+    Never touches a shared server: it starts its own process (no persistence) and stops it.
+    Faults: :meth:`pause` (SIGSTOP: the server hangs, connections stay open), :meth:`resume`,
+    :meth:`kill` (connection refused) and :meth:`start` again on the same port.
+
+    Args:
+        executable: the ``redis-server`` binary.
+
+    Raises:
+        FileNotFoundError: ``redis-server`` is not installed.
+    """
+
+    def __init__(self, executable: str = "redis-server") -> None:
+        found = shutil.which(executable)
+        if found is None:
+            raise FileNotFoundError(f"{executable} is not installed (apt-get install redis-server)")
+        self.executable = found
+        self.port = _free_port()
+        self.process: Any = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        if self.process is not None:
+            raise RuntimeError(f"the redis-server on port {self.port} is already running")
+        self.process = subprocess.Popen(
+            [
+                self.executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def set(self, key: str, value: bytes | str) -> None:
+        """Store ``value`` under ``key`` (a plain SET over a fresh connection)."""
+        data = value.encode() if isinstance(value, str) else value
+        command = b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            len(key.encode()),
+            key.encode(),
+            len(data),
+            data,
+        )
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(command)
+            if not sock.recv(16).startswith(b"+OK"):
+                raise RuntimeError(f"SET {key} failed")
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Stop the server at once: later connections are refused."""
+        if self.process is not None:
+            self.resume()
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        """Stop the server (idempotent)."""
+        self.kill()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

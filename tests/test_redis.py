@@ -1,0 +1,208 @@
+"""The Redis session store against a real redis-server this test starts (never the shared one)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from resilience import (
+    Engine,
+    Outcome,
+    PolicyValidationError,
+    RequestContext,
+    SourceBindingError,
+    load_policies,
+)
+from resilience.testing import RecordingSink, RedisServer
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    try:
+        redis = RedisServer()
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing; CI must have it (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed")
+    with redis:
+        yield redis
+
+
+def policy(url: str, extra: str = "") -> str:
+    return f"""
+version: 1
+default_policy: p
+sources:
+  session_store:
+    redis:
+      url: {url}
+      key: "sess:{{key}}"
+      max_connections: 4
+{extra}
+policies:
+  p:
+    chain:
+      - {{type: session, timeout: 10ms, profile_source: null}}
+      - unpersonalized
+"""
+
+
+SESSION = {
+    "clicks": [
+        {"item": "i1", "category": "shoes", "ts": 1_700_000_000.0},
+        {"item": "i2", "category": "bags", "ts": 1_700_000_001.0},
+    ],
+    "event_time": 1_700_000_002.0,
+}
+REQUEST = RequestContext(session_id="s1", user_id="u1")
+
+
+def engine_for(text: str) -> Engine:
+    return Engine(load_policies(text), {}, events=RecordingSink())
+
+
+def test_sync_and_async_read_a_session(server: RedisServer) -> None:
+    server.set("sess:s1", json.dumps(SESSION))
+    with engine_for(policy(server.url)) as engine:
+        decision = engine.decide(REQUEST)
+        assert decision.trace.served == "session", decision.trace
+        assert decision.signals is not None
+        assert decision.signals.categories == {"shoes": 0.5, "bags": 0.5}
+        assert decision.signals.observed_at == 1_700_000_002.0
+        assert asyncio.run(engine.adecide(REQUEST)).trace.served == "session"
+
+
+def test_a_missing_key_is_a_miss(server: RedisServer) -> None:
+    with engine_for(policy(server.url)) as engine:
+        assert engine.decide(REQUEST).trace.outcome_of("session") is Outcome.MISS
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\xff\xfe not json",
+        b"[1, 2]",
+        json.dumps({"clicks": [{"item": 5}]}).encode(),
+        json.dumps({"clicks": "no"}).encode(),
+        json.dumps({**SESSION, "event_time": "x"}).encode(),
+        b"{" + b" " * 70_000 + b"}",
+    ],
+    ids=["binary", "list", "bad-click", "bad-clicks", "bad-event-time", "oversized"],
+)
+def test_malformed_or_oversized_values_are_garbage(server: RedisServer, value: bytes) -> None:
+    server.set("sess:s1", value)
+    with engine_for(policy(server.url)) as engine:
+        decision = engine.decide(REQUEST)
+        assert decision.trace.outcome_of("session") is Outcome.GARBAGE, decision.trace
+        assert asyncio.run(engine.adecide(REQUEST)).trace.outcome_of("session") is (Outcome.GARBAGE)
+
+
+def test_a_hung_server_is_cut_at_the_deadline_and_its_connection_discarded(
+    server: RedisServer,
+) -> None:
+    server.set("sess:s1", json.dumps(SESSION))
+    with engine_for(policy(server.url)) as engine:
+        assert engine.decide(REQUEST).trace.served == "session"  # a pooled connection exists
+        server.pause()
+        try:
+            for _ in range(6):  # more than the pool holds: each cut connection was discarded
+                decision = engine.decide(REQUEST)
+                assert decision.trace.outcome_of("session") is Outcome.TIMEOUT, decision.trace
+            cut = asyncio.run(engine.adecide(REQUEST))
+            assert cut.trace.outcome_of("session") is Outcome.TIMEOUT
+        finally:
+            server.resume()
+        assert engine.decide(REQUEST).trace.served == "session"  # fresh connections work
+
+
+def test_a_stopped_server_fails_fast(server: RedisServer) -> None:
+    with engine_for(policy(server.url)) as engine:
+        server.kill()
+        decision = engine.decide(REQUEST)
+        assert decision.trace.outcome_of("session") is Outcome.ERROR, decision.trace
+        async_decision = asyncio.run(engine.adecide(REQUEST))
+        assert async_decision.trace.outcome_of("session") is Outcome.ERROR
+
+
+def test_the_url_can_come_from_the_environment(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.set("sess:s1", json.dumps(SESSION))
+    monkeypatch.setenv("SESSION_REDIS_URL", server.url)
+    text = policy(server.url).replace(f"url: {server.url}", "url_env: SESSION_REDIS_URL")
+    with engine_for(text) as engine:
+        assert engine.decide(REQUEST).trace.served == "session"
+
+
+def test_a_missing_environment_variable_is_a_clear_build_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NO_SUCH_URL", raising=False)
+    text = policy("x").replace("url: x", "url_env: NO_SUCH_URL")
+    with pytest.raises(SourceBindingError, match="NO_SUCH_URL"):
+        engine_for(text)
+
+
+def test_url_and_url_env_are_exclusive() -> None:
+    text = policy("redis://h").replace("key:", "url_env: X\n      key:")
+    with pytest.raises(PolicyValidationError, match="exactly one of url and url_env"):
+        load_policies(text)
+
+
+def test_a_redis_source_must_not_also_be_bound_in_code(server: RedisServer) -> None:
+    with pytest.raises(SourceBindingError, match="also bound in code"):
+        Engine(load_policies(policy(server.url)), {"session_store": {}.get})
+
+
+def test_millisecond_times_and_other_field_names(server: RedisServer) -> None:
+    server.set(
+        "sess:s1", json.dumps({"events": [{"sku": "i1", "cat": "c", "t": 5_000}], "wm": 6_000})
+    )
+    fmt = """      format:
+        clicks: events
+        item: sku
+        category: cat
+        time: t
+        event_time: wm
+        time_unit: ms
+"""
+    text = policy(server.url).replace(
+        "      max_connections: 4\n", "      max_connections: 4\n" + fmt
+    )
+    with engine_for(text) as engine:
+        decision = engine.decide(REQUEST)
+        assert decision.signals is not None, decision.trace
+        assert decision.signals.observed_at == 6.0
+
+
+def test_client_retries_are_off_and_failed_connects_free_their_slot(server: RedisServer) -> None:
+    with engine_for(policy(server.url)) as engine:
+        store = engine._sources["session_store"].target
+        retry = store._pool.connection_kwargs["retry"]
+        assert retry._retries == 0  # redis-py's default would back off and retry for seconds
+        server.kill()
+        outcomes = {engine.decide(REQUEST).trace.outcome_of("session") for _ in range(10)}
+        assert outcomes == {Outcome.ERROR}  # 10 refusals through a pool of 4: no slot leaked
+
+
+def test_async_hangs_are_cancelled_and_their_connections_discarded(server: RedisServer) -> None:
+    server.set("sess:s1", json.dumps(SESSION))
+    with engine_for(policy(server.url)) as engine:
+
+        async def scenario() -> list[Outcome | None]:
+            assert (await engine.adecide(REQUEST)).trace.served == "session"
+            server.pause()
+            try:
+                cut = [
+                    (await engine.adecide(REQUEST)).trace.outcome_of("session") for _ in range(6)
+                ]
+            finally:
+                server.resume()
+            return [*cut, (await engine.adecide(REQUEST)).trace.outcome_of("session")]
+
+        outcomes = asyncio.run(scenario())
+        assert outcomes == [Outcome.TIMEOUT] * 6 + [Outcome.OK]
