@@ -1,4 +1,8 @@
-"""``python -m benchmarks [--quick] [--json PATH]``."""
+"""``python -m benchmarks [faults] [--quick] [--json PATH]``.
+
+Without a suite name: the engine's speed against hand-written code (ratios). ``faults``: the
+fault drill against a real redis-server (docs/fault-tolerance.md).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import concurrency, happy_path, open_breaker, overrun
+from . import concurrency, faults, happy_path, open_breaker, overrun
 
 
 def _overrun_line(mode: str, figures: dict[str, Any]) -> str:
@@ -32,11 +36,54 @@ def _overrun_line(mode: str, figures: dict[str, Any]) -> str:
     return line
 
 
+def _faults(args: argparse.Namespace) -> int:
+    results = {
+        "python": platform.python_version(),
+        "quick": args.quick,
+        **faults.run(quick=args.quick),
+    }
+    print(
+        f"fault drill, budget {results['budget_ms']:g} ms "
+        f"(jitter probe max {results['jitter_probe_max_ms']:.2f} ms)"
+    )
+    header = (
+        "fault",
+        "mode",
+        "decisions",
+        "failed",
+        "late",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+        "breaker_transitions",
+        "breaker_open_p99_ms",
+    )
+    print("  ".join(f"{h:>14}" for h in header) + "  served_by")
+    for row in results["rows"]:
+        cells = [str(row[h]) if row[h] is not None else "-" for h in header]
+        served = ", ".join(f"{k} {v:.0%}" for k, v in row["served_by"].items())
+        print("  ".join(f"{c:>14}" for c in cells) + f"  {served}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument(
+        "suite",
+        nargs="?",
+        choices=("speed", "faults"),
+        default="speed",
+        help="speed (default): ratios against hand-written code; faults: the "
+        "fault drill against a real redis-server",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.suite == "faults":
+        return _faults(args)
     results: dict[str, Any] = {
         "python": platform.python_version(),
         "quick": args.quick,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import happy_path
 
 
@@ -54,3 +56,27 @@ def test_overrun_benchmark_counts_outcomes_and_never_raises() -> None:
     assert results["async"]["outcomes"]["timeout"] == 24  # cancelled at the deadline, every one
     assert set(results["async"]["asyncio_floor_ms"]) == {"p50", "p99", "p99.9", "max"}
     assert results["sync"]["max_concurrent"] == 512
+
+
+def test_the_fault_drill_runs_against_a_private_redis() -> None:
+    import os
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing; CI must have it")
+        pytest.skip("redis-server is not installed")
+    from benchmarks import faults
+
+    results = faults.run(quick=True, decisions=30, faults=("healthy", "refused", "malformed"))
+    assert results["budget_ms"] == 30.0
+    assert [(r["fault"], r["mode"]) for r in results["rows"]] == [
+        (fault, mode) for mode in ("sync", "async") for fault in ("healthy", "refused", "malformed")
+    ]
+    for row in results["rows"]:
+        assert row["failed"] == 0
+        assert row["decisions"] == 30
+    healthy = results["rows"][0]
+    assert healthy["served_by"] == {"session": 1.0}
+    refused = results["rows"][1]
+    assert "session" not in refused["served_by"]

@@ -8,6 +8,7 @@ installed (entry point ``pytest11``). See ``docs/testing.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["FakeClock", "FaultySource", "RecordingSink", "RedisServer"]
+__all__ = ["FakeClock", "FaultySource", "LatencyProxy", "RecordingSink", "RedisServer"]
 
 
 class FakeClock:
@@ -295,3 +296,89 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class LatencyProxy:
+    """A loopback TCP proxy that delays every reply chunk by ``delay`` seconds.
+
+    Put it between a client and a real server to inject latency without touching either.
+    Threads are daemons and stop with :meth:`close`.
+
+    Args:
+        target_port: the port of the real server on 127.0.0.1.
+        delay: seconds added before each chunk from the server reaches the client; may be
+            changed while it runs.
+    """
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port: int = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="latency-proxy", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0`` for the proxy's port."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink, delayed in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(
+                    target=self._pump,
+                    args=(source, sink, delayed),
+                    name="latency-proxy-pump",
+                    daemon=True,
+                ).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, delayed: bool) -> None:
+        try:
+            source.settimeout(None)
+            while not self._closed.is_set():
+                chunk = source.recv(65536)
+                if not chunk:
+                    break
+                if delayed and self.delay:  # read each time: the delay may change mid-run
+                    time.sleep(self.delay)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Stop accepting and cut every proxied connection."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            for end in self._sockets:
+                with contextlib.suppress(OSError):
+                    end.close()
+            self._sockets.clear()
+
+    def __enter__(self) -> LatencyProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
