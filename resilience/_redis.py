@@ -23,6 +23,8 @@ import asyncio
 import json
 import math
 import os
+import threading
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Literal
 
@@ -74,8 +76,15 @@ class RedisOptions(BaseModel):
         default=None, description="Environment variable holding the password, if not in the URL."
     )
     key: str = Field(default="session:{key}", description="Key template; {key} is the session id.")
+    cluster: bool = Field(
+        default=False,
+        description="A Redis Cluster: url names any node, the client finds the slot's owner.",
+    )
     max_connections: int = Field(
-        default=16, ge=1, le=1024, description="Pool size; a call finding none free is rejected."
+        default=16,
+        ge=1,
+        le=1024,
+        description="Pool size (per node in a cluster); a call finding none free is rejected.",
     )
     connect_timeout: Duration = Field(
         default=0.010, gt=0, description="Cutoff for opening a new connection."
@@ -187,6 +196,13 @@ class RedisSessionStore:
         self._pool: Any = redis.BlockingConnectionPool.from_url(
             url, max_connections=options.max_connections, timeout=0, **kwargs
         )
+        # A cluster client is made on first use, so that an engine starts while Redis is down.
+        self._cluster: Any = None
+        self._cluster_lock = threading.Lock()
+        self._refreshing = threading.Event()
+        self._acluster: Any = None
+        self._acluster_loop: asyncio.AbstractEventLoop | None = None
+        self._acluster_init: asyncio.Task[Any] | None = None
         self._url = url
         self._kwargs = kwargs
         # asyncio connections belong to the loop that opened them: one pool per running loop.
@@ -212,55 +228,139 @@ class RedisSessionStore:
         """The session ``key``, or ``None``; waits at most ``timeout`` seconds for the reply."""
         if timeout <= 0:
             raise TimeoutError(f"source {self.name!r}: no time left")
-        try:
-            connection = self._pool.get_connection()
-        except self._redis.TimeoutError as exc:  # connecting to a server that does not answer
-            raise TimeoutError(f"source {self.name!r}: could not connect in time") from exc
-        except self._redis.ConnectionError as exc:
-            if "No connection available" in str(exc):
-                raise BulkheadFull(self.name, self.options.max_connections) from None
-            raise
+        full_key = self._key.format(key=key)
+        pool = self._node_pool(full_key) if self.options.cluster else self._pool
+        connection = self._refusals(pool.get_connection)
         healthy = False
         try:
-            connection.send_command("GET", self._key.format(key=key))
+            connection.send_command("GET", full_key)
             raw = connection.read_response(timeout=timeout)
             healthy = True
         except self._redis.TimeoutError as exc:
             raise TimeoutError(f"source {self.name!r}: no reply within {timeout:g}s") from exc
+        except (self._redis.exceptions.MovedError, self._redis.exceptions.AskError):
+            self._refresh_topology()
+            raise
         finally:
             if not healthy:
                 connection.disconnect()  # a late reply must never reach the next caller
-            self._pool.release(connection)
+            pool.release(connection)
         return self._decode(raw)
 
     async def aget(self, key: str, timeout: float) -> SessionState | None:
         """The asyncio form of :meth:`get`; cancellation discards the connection."""
         if timeout <= 0:
             raise TimeoutError(f"source {self.name!r}: no time left")
-        pool = self._async_pool()
-        try:
-            connection = await pool.get_connection()
-        except self._redis.TimeoutError as exc:
-            raise TimeoutError(f"source {self.name!r}: could not connect in time") from exc
-        except self._redis.ConnectionError as exc:
-            if "No connection available" in str(exc):
-                raise BulkheadFull(self.name, self.options.max_connections) from None
-            raise
+        full_key = self._key.format(key=key)
+        if self.options.cluster:
+            node = (await self._async_cluster()).get_node_from_key(full_key)
+            connection = self._refusals(node.acquire_connection)
+
+            async def release(connection: Any) -> None:
+                node.release(connection)
+        else:
+            pool = self._async_pool()
+            connection = await self._arefusals(pool.get_connection)
+            release = pool.release
         healthy = False
         try:
-            await connection.send_command("GET", self._key.format(key=key))
+            await connection.send_command("GET", full_key)
             raw = await connection.read_response(timeout=timeout)
             healthy = True
         except self._redis.TimeoutError as exc:
             raise TimeoutError(f"source {self.name!r}: no reply within {timeout:g}s") from exc
+        except (self._redis.exceptions.MovedError, self._redis.exceptions.AskError):
+            self._acluster = None  # the next call learns the new slot owners
+            raise
         finally:
             if not healthy:
                 # Cancelled or failed mid-command: this connection's next reply belongs to no
                 # one. Close it without waiting on the server.
                 with suppress(Exception):
                     await asyncio.shield(connection.disconnect(nowait=True))
-            await asyncio.shield(pool.release(connection))
+            await asyncio.shield(release(connection))
         return self._decode(raw)
+
+    def _refusals(self, acquire: Callable[[], Any]) -> Any:
+        """``acquire()``, with the pool's refusals translated to the engine's outcomes."""
+        try:
+            return acquire()
+        except self._redis.TimeoutError as exc:  # connecting to a server that does not answer
+            raise TimeoutError(f"source {self.name!r}: could not connect in time") from exc
+        except self._redis.exceptions.MaxConnectionsError:
+            raise BulkheadFull(self.name, self.options.max_connections) from None
+        except self._redis.ConnectionError as exc:
+            if "No connection available" in str(exc):
+                raise BulkheadFull(self.name, self.options.max_connections) from None
+            raise
+
+    async def _arefusals(self, acquire: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await acquire()
+        except self._redis.TimeoutError as exc:
+            raise TimeoutError(f"source {self.name!r}: could not connect in time") from exc
+        except self._redis.exceptions.MaxConnectionsError:
+            raise BulkheadFull(self.name, self.options.max_connections) from None
+        except self._redis.ConnectionError as exc:
+            if "No connection available" in str(exc):
+                raise BulkheadFull(self.name, self.options.max_connections) from None
+            raise
+
+    def _node_pool(self, full_key: str) -> Any:
+        """The connection pool of the cluster node that owns ``full_key``'s slot."""
+        cluster = self._cluster
+        if cluster is None:
+            with self._cluster_lock:
+                if self._cluster is None:
+                    try:
+                        self._cluster = self._redis.RedisCluster.from_url(
+                            self._url,
+                            max_connections=self.options.max_connections,
+                            **self._kwargs,
+                        )
+                    except self._redis.RedisError as exc:
+                        raise ConnectionError(
+                            f"source {self.name!r}: cluster unreachable: {exc}"
+                        ) from exc
+                cluster = self._cluster
+        return cluster.get_node_from_key(full_key).redis_connection.connection_pool
+
+    def _refresh_topology(self) -> None:
+        # Slots moved (resharding): learn the new owners off the request path.
+        cluster = self._cluster
+        if cluster is None or self._refreshing.is_set():
+            return
+        self._refreshing.set()
+
+        def refresh() -> None:
+            try:
+                cluster.nodes_manager.initialize()
+            except Exception:
+                pass
+            finally:
+                self._refreshing.clear()
+
+        threading.Thread(target=refresh, name=f"resilience-{self.name}-slots", daemon=True).start()
+
+    async def _async_cluster(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._acluster is None or self._acluster_loop is not loop:
+            cluster = self._aredis.RedisCluster.from_url(
+                self._url, max_connections=self.options.max_connections, **self._kwargs
+            )
+            # Learning the slots takes a few round trips. It runs as its own task, shielded:
+            # a caller cut at its deadline must not cancel it, or it could never finish.
+            self._acluster_init = loop.create_task(cluster.initialize())
+            self._acluster, self._acluster_loop = cluster, loop
+        init = self._acluster_init
+        assert init is not None
+        if not init.done():
+            await asyncio.shield(init)
+        failure = init.exception()
+        if failure is not None:
+            self._acluster = None  # the next call starts again
+            raise ConnectionError(f"source {self.name!r}: cluster unreachable: {failure}")
+        return self._acluster
 
     def _async_pool(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -275,12 +375,17 @@ class RedisSessionStore:
         return self._apool
 
     def close(self) -> None:
-        """Close the sync pool's connections (the asyncio pool's go with :meth:`aclose`)."""
+        """Close the sync connections (the asyncio ones go with :meth:`aclose`)."""
         self._pool.disconnect()
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
 
     async def aclose(self) -> None:
-        """Close both pools' connections."""
-        self._pool.disconnect()
+        """Close every connection, sync and asyncio."""
+        self.close()
         if self._apool is not None and self._apool_loop is asyncio.get_running_loop():
             await self._apool.disconnect()
-        self._apool = None
+        if self._acluster is not None and self._acluster_loop is asyncio.get_running_loop():
+            await self._acluster.aclose()
+        self._apool = self._acluster = None

@@ -17,7 +17,7 @@ from resilience import (
     SourceBindingError,
     load_policies,
 )
-from resilience.testing import RecordingSink, RedisServer
+from resilience.testing import RecordingSink, RedisClusterNodes, RedisServer
 
 
 @pytest.fixture
@@ -206,3 +206,68 @@ def test_async_hangs_are_cancelled_and_their_connections_discarded(server: Redis
 
         outcomes = asyncio.run(scenario())
         assert outcomes == [Outcome.TIMEOUT] * 6 + [Outcome.OK]
+
+
+# --- Redis Cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterNodes]:
+    try:
+        nodes = RedisClusterNodes()
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server/redis-cli are missing; CI must have them")
+        pytest.skip("redis-server or redis-cli is not installed")
+    with nodes:
+        for n in range(20):  # keys spread over the three nodes' slots
+            nodes.set(f"sess:c{n}", json.dumps(SESSION))
+        yield nodes
+
+
+def cluster_policy(url: str) -> str:
+    return policy(url).replace(
+        "      max_connections: 4\n", "      max_connections: 4\n      cluster: true\n"
+    )
+
+
+def test_a_cluster_serves_sessions_from_every_node(cluster: RedisClusterNodes) -> None:
+    requests = [RequestContext(session_id=f"c{n}") for n in range(20)]
+    with engine_for(cluster_policy(cluster.url)) as engine:
+        for request in requests:  # learning the slots may take the first call past its deadline
+            engine.decide(request)
+        assert {engine.decide(r).trace.served for r in requests} == {"session"}
+
+        async def served() -> set[str]:
+            for request in requests:  # one loop: asyncio connections belong to their loop
+                await engine.adecide(request)
+            return {(await engine.adecide(r)).trace.served for r in requests}
+
+        assert asyncio.run(served()) == {"session"}
+        missing = engine.decide(RequestContext(session_id="nobody"))
+        assert missing.trace.outcome_of("session") is Outcome.MISS
+
+
+def test_a_cluster_node_that_hangs_costs_its_keys_the_deadline_only(
+    cluster: RedisClusterNodes,
+) -> None:
+    with engine_for(cluster_policy(cluster.url)) as engine:
+        for n in range(20):
+            engine.decide(RequestContext(session_id=f"c{n}"))  # connections to every node
+        frozen = cluster.servers[1]
+        frozen.pause()
+        try:
+            outcomes = {
+                engine.decide(RequestContext(session_id=f"c{n}")).trace.outcome_of("session")
+                for n in range(20)
+            }
+        finally:
+            frozen.resume()
+        assert outcomes == {Outcome.OK, Outcome.TIMEOUT}  # the other nodes' keys still serve
+
+
+def test_an_unreachable_cluster_is_an_error_not_a_crash() -> None:
+    with engine_for(cluster_policy("redis://127.0.0.1:1/0")) as engine:
+        decision = engine.decide(REQUEST)
+        assert decision.trace.outcome_of("session") is Outcome.ERROR
+        assert asyncio.run(engine.adecide(REQUEST)).trace.outcome_of("session") is Outcome.ERROR

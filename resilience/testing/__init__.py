@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["FakeClock", "FaultySource", "LatencyProxy", "RecordingSink", "RedisServer"]
+__all__ = [
+    "FakeClock",
+    "FaultySource",
+    "LatencyProxy",
+    "RecordingSink",
+    "RedisClusterNodes",
+    "RedisServer",
+]
 
 
 class FakeClock:
@@ -204,13 +213,15 @@ class RedisServer:
         FileNotFoundError: ``redis-server`` is not installed.
     """
 
-    def __init__(self, executable: str = "redis-server") -> None:
+    def __init__(self, executable: str = "redis-server", *, cluster_dir: str | None = None) -> None:
         found = shutil.which(executable)
         if found is None:
             raise FileNotFoundError(f"{executable} is not installed (apt-get install redis-server)")
         self.executable = found
-        self.port = _free_port()
+        # A cluster node also listens on port + 10000 for its bus, so its port stays below 55536.
+        self.port = _free_port() if cluster_dir is None else _free_cluster_port()
         self.process: Any = None
+        self._cluster_dir = cluster_dir  # a cluster node keeps its nodes.conf here
 
     @property
     def url(self) -> str:
@@ -221,20 +232,30 @@ class RedisServer:
         """Start the server and wait until it answers PING."""
         if self.process is not None:
             raise RuntimeError(f"the redis-server on port {self.port} is already running")
-        self.process = subprocess.Popen(
-            [
-                self.executable,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
+        arguments = [
+            self.executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
+        if self._cluster_dir is not None:
+            arguments += [
+                "--cluster-enabled",
                 "yes",
-            ],
+                "--dir",
+                self._cluster_dir,
+                "--cluster-config-file",
+                f"nodes-{self.port}.conf",
+            ]
+        self.process = subprocess.Popen(
+            arguments,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -382,3 +403,104 @@ class LatencyProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RedisClusterNodes:
+    """A private Redis Cluster of three primaries (no replicas) on free loopback ports.
+
+    Args:
+        nodes: how many primaries (three at least, as ``redis-cli --cluster create`` requires).
+
+    Raises:
+        FileNotFoundError: ``redis-server`` or ``redis-cli`` is not installed.
+    """
+
+    def __init__(self, nodes: int = 3) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise FileNotFoundError("redis-cli is not installed (apt-get install redis-tools)")
+        self._cli = cli
+        self._dir = tempfile.TemporaryDirectory(prefix="resilience-cluster-")
+        self.servers = [RedisServer(cluster_dir=self._dir.name) for _ in range(nodes)]
+
+    @property
+    def url(self) -> str:
+        """A URL of one node; the cluster client discovers the others."""
+        return self.servers[0].url
+
+    def start(self, timeout: float = 20.0) -> RedisClusterNodes:
+        """Start the nodes, join them into a cluster and wait until it serves every slot."""
+        for server in self.servers:
+            server.start()
+        addresses = [f"127.0.0.1:{s.port}" for s in self.servers]
+        subprocess.run(
+            [
+                self._cli,
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    [self._cli, "-p", str(s.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    check=False,
+                ).stdout
+                for s in self.servers
+            ]
+            if all("cluster_state:ok" in state for state in states):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the cluster did not reach cluster_state:ok")
+
+    def set(self, key: str, value: bytes | str) -> None:
+        """Store ``value`` under ``key`` on the node that owns its slot."""
+        data = value.decode() if isinstance(value, bytes) else value
+        subprocess.run(
+            [self._cli, "-c", "-p", str(self.servers[0].port), "-x", "set", key],
+            input=data,
+            text=True,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=5,
+        )
+
+    def stop(self) -> None:
+        """Stop every node and remove their files."""
+        for server in self.servers:
+            server.stop()
+        self._dir.cleanup()
+
+    def __enter__(self) -> RedisClusterNodes:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_cluster_port() -> int:
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 55_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
