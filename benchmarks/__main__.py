@@ -1,4 +1,4 @@
-"""``python -m benchmarks [faults] [--quick] [--json PATH]``.
+"""``python -m benchmarks [speed|faults|fleet] [--quick] [--json PATH]``.
 
 Without a suite name: the engine's speed against hand-written code (ratios). ``faults``: the
 fault drill against a real redis-server (docs/fault-tolerance.md).
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import concurrency, faults, happy_path, open_breaker, overrun
+from . import concurrency, faults, fleet, happy_path, open_breaker, overrun
 
 
 def _overrun_line(mode: str, figures: dict[str, Any]) -> str:
@@ -74,16 +74,34 @@ def main() -> int:
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=("speed", "faults"),
+        choices=("speed", "faults", "fleet"),
         default="speed",
-        help="speed (default): ratios against hand-written code; faults: the "
-        "fault drill against a real redis-server",
+        help="speed (default): ratios against hand-written code; faults: the fault drill "
+        "against a real redis-server; fleet: fleet breakers across processes",
     )
     parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.suite == "faults":
         return _faults(args)
+    if args.suite == "fleet":
+        results = {"python": platform.python_version(), **fleet.run(quick=args.quick)}
+        spread = results["propagation_s"]
+        ratio = results["redis_down_ratio"]
+        print(
+            f"fleet.propagation (another process opens after this one): median "
+            f"{spread['median']:.3f} s, max {spread['max']:.3f} s over "
+            f"{len(spread['trials'])} trials, sync_every {results['sync_every_ms']:g} ms"
+        )
+        print(
+            f"fleet.redis_down_ratio: decisions with the fleet's Redis frozen "
+            f"{ratio['subject_ns'] / 1000:.2f} us, with it up {ratio['baseline_ns'] / 1000:.2f}"
+            f" us, ratio {ratio['ratio']:.2f} (median of {ratio['repeats']} interleaved "
+            "repeats)"
+        )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     results: dict[str, Any] = {
         "python": platform.python_version(),
         "quick": args.quick,

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._clock import Clock
 from ._durations import Duration
+from ._fleet import FleetOptions
 from .events import EventSink, NullSink, register_event
 
 __all__ = [
@@ -107,6 +108,10 @@ class BreakerOptions(BaseModel):
     )
     forced: Literal["open", "closed"] | None = Field(
         default=None, description="Pin the state (an operator's switch); null: not pinned."
+    )
+    fleet: FleetOptions | None = Field(
+        default=None,
+        description="Share counts and state with other processes through Redis; null: local.",
     )
 
     @model_validator(mode="after")
@@ -284,6 +289,11 @@ class CircuitBreaker:
         self._probes_ok = 0
         self._forced: str | None = None
         self._reason = ""
+        # fleet sharing: off until share() is called
+        self._shared = False
+        self._pending = [0, 0, 0]
+        self._fleet_rates: tuple[int, float, float] = (0, 0.0, 0.0)
+        self.opened_locally = False
         self._last_rates = (0, 0.0, 0.0)
         if options.forced == "open":
             self.force_open()
@@ -311,6 +321,10 @@ class CircuitBreaker:
                 now = self._now() if self._timed else 0.0  # a count window needs no clock
                 window = self._window
                 window.add(failed, slow, now)
+                if self._shared:  # counted for the fleet, sent in the background
+                    self._pending[0] += 1
+                    self._pending[1] += failed
+                    self._pending[2] += slow
                 # A success cannot raise a rate: only a failure, or reaching the minimum, can
                 # make the window trip.
                 if self._forced is None and (failed or slow or window.calls == self._minimum_calls):
@@ -330,6 +344,30 @@ class CircuitBreaker:
         with self._lock:
             if ticket == self._generation and self.state is HALF_OPEN:
                 self._probes_left += 1  # the probe told nothing: let another one through
+
+    # --- fleet sharing (called from the background sync, never on the request path) -----------
+
+    def share(self) -> None:
+        """Count calls for a fleet: :meth:`take_pending` hands them to the background sync."""
+        self._shared = True
+
+    def take_pending(self) -> tuple[int, int, int, bool]:
+        """Calls, failures and slow calls recorded since the last take, and whether the breaker
+        opened on its own meanwhile (for the fleet to hear)."""
+        with self._lock:
+            calls, failures, slows = self._pending
+            self._pending[:] = [0, 0, 0]
+            opened, self.opened_locally = self.opened_locally, False
+        return calls, failures, slows, opened
+
+    def open_from_fleet(self, reason: str, remaining: float) -> bool:
+        """Open because the fleet says so, for ``remaining`` seconds. Returns whether it did."""
+        with self._lock:
+            if self.state is not CLOSED or self._forced is not None:
+                return False
+            self._last_rates = self._fleet_rates
+            self._open(reason, remaining)
+            return True
 
     # --- operators ----------------------------------------------------------------------------
 
@@ -397,12 +435,16 @@ class CircuitBreaker:
         elif slow_rate > self.options.slow_call_rate:
             self._open("slow_call_rate")
 
-    def _open(self, reason: str) -> None:
+    def _open(self, reason: str, remaining: float | None = None) -> None:
         self._generation += 1
-        self._opened_at = self._now()
+        # Opened by the fleet with some of its open time already spent elsewhere: back-date it.
+        spent = 0.0 if remaining is None else max(self.options.open_for - remaining, 0.0)
+        self._opened_at = self._now() - spent
         self._reason = reason
         self.state = OPEN
         self._tell_machine(self._machine.open)
+        if self._shared and remaining is None:
+            self.opened_locally = True  # the fleet sync publishes it on its next round
 
     def _half_open(self, now: float) -> None:
         self._generation += 1

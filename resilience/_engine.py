@@ -30,6 +30,7 @@ from ._errors import (
     PolicyValidationError,
     SourceBindingError,
 )
+from ._fleet import FleetSync
 from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
 from ._plugins import PluginHost
@@ -169,6 +170,7 @@ class Engine:
         self._closed = False
         bound = self._bind(policies, sources or {})
         self._sources = bound
+        self._fleet: FleetSync | None = None
         self._plans: dict[str, _Plan] = {}
         try:
             for policy in policies.policies.values():
@@ -178,6 +180,7 @@ class Engine:
             self._release()
             raise
         self._default = policies.default_policy
+        self._start_fleet()
         rate = policies.settings.events.decision_sample_rate
         self._sample_rate = rate
         self._random = random.Random(seed).random
@@ -345,6 +348,36 @@ class Engine:
             tuple(build(s) for s in policy.chain),
             tuple(build(s) for s in policy.post),
         )
+
+    def _start_fleet(self) -> None:
+        shared = [
+            (runtime.breaker, runtime.breaker.options.fleet)
+            for runtime in self._sources.values()
+            if runtime.breaker is not None and runtime.breaker.options.fleet is not None
+        ]
+        if not shared:
+            return
+        try:
+            self._fleet = FleetSync(shared, self._clock.wall, self._events).start()
+        except (ValueError, ImportError) as exc:
+            self._release()
+            raise PolicyValidationError(
+                [
+                    PolicyIssue(
+                        self.policies.file,
+                        0,
+                        0,
+                        "sources.*.breaker.fleet",
+                        f"the fleet's Redis could not be set up: {exc}",
+                        "check breaker.fleet url/url_env and that the redis extra is installed",
+                    )
+                ]
+            ) from exc
+
+    @property
+    def fleet(self) -> FleetSync | None:
+        """The background exchange of fleet breakers, if any breaker declares ``fleet:``."""
+        return self._fleet
 
     def _verify(self) -> None:
         issues: list[PolicyIssue] = []
@@ -716,6 +749,9 @@ class Engine:
         self.close()
 
     def _release(self) -> None:
+        fleet = getattr(self, "_fleet", None)
+        if fleet is not None:
+            fleet.stop()
         for step in self._steps:
             with contextlib.suppress(Exception):
                 step.close()

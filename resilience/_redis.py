@@ -106,13 +106,22 @@ class RedisOptions(BaseModel):
         Raises:
             ValueError: the environment variable named by ``url_env`` is not set.
         """
-        if self.url is not None:
-            return self.url
-        assert self.url_env is not None
-        value = os.environ.get(self.url_env)
-        if not value:
-            raise ValueError(f"environment variable {self.url_env} (url_env) is not set")
-        return value
+        return resolve_url(self.url, self.url_env)
+
+
+def resolve_url(url: str | None, url_env: str | None) -> str:
+    """``url``, or the value of the environment variable ``url_env``.
+
+    Raises:
+        ValueError: the environment variable is not set.
+    """
+    if url is not None:
+        return url
+    assert url_env is not None
+    value = os.environ.get(url_env)
+    if not value:
+        raise ValueError(f"environment variable {url_env} (url_env) is not set")
+    return value
 
 
 def decode_session(raw: bytes, fmt: SessionFormat, limit: int) -> SessionState:

@@ -18,6 +18,7 @@ from pydantic_core import PydanticUndefined
 
 from ._breaker import BreakerOptions
 from ._durations import format_duration
+from ._fleet import FleetOptions
 from ._plugins import PluginHost, StepType
 from ._redis import RedisOptions, SessionFormat
 from ._retry import RetryOptions
@@ -85,6 +86,7 @@ _OPTION_MODELS: dict[str, type[BaseModel]] = {
     "retry": RetryOptions,
     "redis": RedisOptions,
     "redis_format": SessionFormat,
+    "fleet": FleetOptions,
 }
 
 

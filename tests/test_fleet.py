@@ -1,0 +1,136 @@
+"""Fleet-wide breakers: two engines (as two processes would) sharing one private Redis."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from resilience import Affinities, Engine, Outcome, RequestContext, load_policies
+from resilience._fleet import wait_for
+from resilience.testing import RecordingSink, RedisServer
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    try:
+        redis = RedisServer()
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing; CI must have it")
+        pytest.skip("redis-server is not installed")
+    with redis:
+        yield redis
+
+
+def policy(url: str, minimum: int = 10) -> str:
+    return f"""
+version: 1
+default_policy: p
+sources:
+  profile_store:
+    breaker:
+      minimum_calls: {minimum}
+      size: 50
+      failure_rate: 0.5
+      open_for: 30s
+      fleet:
+        url: "{url}"
+        sync_every: 20ms
+        window: 10s
+policies:
+  p:
+    chain: [profile_only, unpersonalized]
+"""
+
+
+class Store:
+    def __init__(self) -> None:
+        self.down = False
+
+    def __call__(self, key: str) -> Any:
+        if self.down:
+            raise ConnectionError("profile store down")
+        return Affinities({"books": 1.0})
+
+
+USER = RequestContext(user_id="u")
+
+
+def engines(text: str) -> tuple[Engine, Engine, Store, Store, RecordingSink]:
+    sink = RecordingSink()
+    first_store, second_store = Store(), Store()
+    first = Engine(load_policies(text), {"profile_store": first_store}, events=sink)
+    second = Engine(load_policies(text), {"profile_store": second_store}, events=RecordingSink())
+    return first, second, first_store, second_store, sink
+
+
+def state(engine: Engine) -> str:
+    return engine.breaker("profile_store").state
+
+
+def test_an_outage_seen_by_one_opens_the_breaker_in_the_other(server: RedisServer) -> None:
+    first, second, first_store, _, _ = engines(policy(server.url))
+    with first, second:
+        first_store.down = True
+        for _ in range(10):
+            first.decide(USER)
+        assert state(first) == "open"
+        assert wait_for(lambda: state(second) == "open", timeout=5.0)
+        decision = second.decide(USER)  # its own store is fine: the fleet knew better
+        assert decision.trace.outcome_of("profile_only") is Outcome.BREAKER_OPEN
+
+
+def test_the_fleet_rate_opens_breakers_no_process_could_open_alone(server: RedisServer) -> None:
+    first, second, first_store, second_store, _ = engines(policy(server.url, minimum=20))
+    with first, second:
+        first_store.down = second_store.down = True
+        for _ in range(12):  # 12 failures each: below each one's minimum of 20
+            first.decide(USER)
+            second.decide(USER)
+        assert wait_for(lambda: state(first) == "open" and state(second) == "open", 5.0)
+
+
+def test_with_the_fleets_redis_stopped_each_keeps_its_local_rules(server: RedisServer) -> None:
+    first, second, first_store, _, sink = engines(policy(server.url))
+    with first, second:
+        fleet = first.fleet
+        assert fleet is not None
+        server.pause()
+        try:
+            assert wait_for(lambda: "resilience.fleet.unreachable" in sink.names(), 5.0)
+            assert first.decide(USER).trace.served == "profile_only"  # decisions go on
+            first_store.down = True
+            for _ in range(10):
+                first.decide(USER)
+            assert state(first) == "open"  # the local rule still works
+            assert state(second) == "closed"  # nothing reached the other
+        finally:
+            server.resume()
+        assert wait_for(lambda: "resilience.fleet.recovered" in sink.names(), 5.0)
+
+
+def test_closing_the_engine_stops_the_exchange(server: RedisServer) -> None:
+    engine = Engine(
+        load_policies(policy(server.url)), {"profile_store": Store()}, events=RecordingSink()
+    )
+    fleet = engine.fleet
+    assert fleet is not None
+    engine.close()
+    assert not fleet._thread.is_alive()
+
+
+def test_a_fleet_without_its_url_is_a_clear_build_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from resilience import PolicyValidationError
+
+    monkeypatch.delenv("NO_FLEET_URL", raising=False)
+    text = policy("x").replace('url: "x"', "url_env: NO_FLEET_URL")
+    make: Callable[[], Engine] = lambda: Engine(  # noqa: E731
+        load_policies(text), {"profile_store": Store()}, events=RecordingSink()
+    )
+    with pytest.raises(PolicyValidationError, match="NO_FLEET_URL"):
+        make()
