@@ -99,6 +99,12 @@ def main() -> int:
             f" us, ratio {ratio['ratio']:.2f} (median of {ratio['repeats']} interleaved "
             "repeats)"
         )
+        killed = results["redis_killed_ratio"]
+        print(
+            f"fleet.redis_killed_ratio: with the fleet's Redis killed "
+            f"{killed['subject_ns'] / 1000:.2f} us, with it up "
+            f"{killed['baseline_ns'] / 1000:.2f} us, ratio {killed['ratio']:.2f}"
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0

@@ -305,14 +305,15 @@ def run(
     *, quick: bool, decisions: int | None = None, faults: tuple[str, ...] = FAULTS
 ) -> dict[str, Any]:
     """Run the drill; returns ``{"budget_ms", "rows", "jitter_probe_max_ms"}``."""
-    count = decisions if decisions is not None else (400 if quick else 2000)
+    # Rows outlast the breaker's open time (5 s) so that half-open probes happen in them; at
+    # 2 ms apart, 4,000 decisions take about 9 s, and flapping's 6,000 cover several periods.
+    count = decisions if decisions is not None else (1000 if quick else 4000)
     rows = []
     jitter = 0.0
     for mode in ("sync", "async"):
         for fault in faults:
-            # Flapping needs several up/down periods to mean anything.
-            n = max(count, 3000) if fault == "flapping" and decisions is None else count
-            rows.append(_row(fault, mode, n, pace=0.001))
+            n = count * 3 // 2 if fault == "flapping" and decisions is None else count
+            rows.append(_row(fault, mode, n, pace=0.002))
             jitter = max(jitter, _jitter_probe(50 if quick else 200))
     budget = load_policies((ROOT / "policies.yaml").read_text()).policies["search"].budget
     return {"budget_ms": budget * 1e3, "rows": rows, "jitter_probe_max_ms": jitter}

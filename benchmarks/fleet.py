@@ -6,8 +6,9 @@
   healthy; this process's store fails, its breaker opens; the time until the child's breaker
   opens too (both read the wall clock), over several trials, with the default ``sync_every``
   of 250 ms.
-- ``redis_down_ratio``: decisions of an engine whose fleet Redis is frozen (SIGSTOP) against the
-  same engine with Redis up, interleaved (the request path touches only memory: goal ~1.0).
+- ``redis_down_ratio`` / ``redis_killed_ratio``: decisions of an engine whose fleet Redis is
+  frozen (SIGSTOP), then killed, against an engine with its fleet Redis up, interleaved (the
+  request path touches only memory: goal ~1.0).
 """
 
 from __future__ import annotations
@@ -121,17 +122,14 @@ def run(*, quick: bool) -> dict[str, Any]:
 
                 return many
 
-            comparison = compare(
-                loop(frozen),
-                loop(healthy),
-                calls=2_000 if quick else 10_000,
-                repeats=9 if quick else 15,
-            )
+            calls, repeats = (2_000, 9) if quick else (10_000, 15)
+            comparison = compare(loop(frozen), loop(healthy), calls=calls, repeats=repeats)
+            frozen_server.kill()  # now down: connections refused
+            killed = compare(loop(frozen), loop(healthy), calls=calls, repeats=repeats)
         finally:
-            frozen_server.resume()
             frozen.close()
             healthy.close()
-            frozen_server.stop()
+            frozen_server.stop()  # resumes a frozen server before killing it
     return {
         "sync_every_ms": 250.0,
         "propagation_s": {
@@ -140,6 +138,7 @@ def run(*, quick: bool) -> dict[str, Any]:
             "trials": [round(d, 3) for d in delays],
         },
         "redis_down_ratio": comparison.as_dict(),
+        "redis_killed_ratio": killed.as_dict(),
     }
 
 

@@ -261,6 +261,10 @@ class CircuitBreaker:
         self.name = name
         self.options = options
         self._now: Callable[[], float] = clock.monotonic
+        self._wall: Callable[[], float] = clock.wall
+        #: wall times of the last local open and close, for the fleet exchange
+        self.opened_wall = 0.0
+        self.closed_wall = 0.0
         self._events = events or NullSink()
         self._lock = threading.Lock()
         self._window: CountWindow | TimeWindow = (
@@ -360,6 +364,14 @@ class CircuitBreaker:
             opened, self.opened_locally = self.opened_locally, False
         return calls, failures, slows, opened
 
+    def give_back(self, calls: int, failures: int, slows: int, opened: bool) -> None:
+        """Return what :meth:`take_pending` took, when it could not be sent."""
+        with self._lock:
+            self._pending[0] += calls
+            self._pending[1] += failures
+            self._pending[2] += slows
+            self.opened_locally = self.opened_locally or opened
+
     def open_from_fleet(self, reason: str, remaining: float) -> bool:
         """Open because the fleet says so, for ``remaining`` seconds. Returns whether it did."""
         with self._lock:
@@ -443,8 +455,10 @@ class CircuitBreaker:
         self._reason = reason
         self.state = OPEN
         self._tell_machine(self._machine.open)
-        if self._shared and remaining is None:
-            self.opened_locally = True  # the fleet sync publishes it on its next round
+        if self._shared and remaining is None and reason != "forced":
+            # An outage this process saw: the fleet sync publishes it, with when it began.
+            self.opened_locally = True
+            self.opened_wall = self._wall()
 
     def _half_open(self, now: float) -> None:
         self._generation += 1
@@ -456,6 +470,7 @@ class CircuitBreaker:
 
     def _close(self, reason: str) -> None:
         self._generation += 1
+        self.closed_wall = self._wall()  # fleet news from before now is already served
         self._window.reset()
         self._reason = reason
         self._last_rates = (0, 0.0, 0.0)

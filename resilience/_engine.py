@@ -729,8 +729,9 @@ class Engine:
     def close(self) -> None:
         """Release what the engine holds (its steps and their shared state). Idempotent.
 
-        Decisions after ``close()`` answer un-personalized with reason ``closed``. Sources are
-        the caller's and are not closed.
+        Decisions after ``close()`` answer un-personalized with reason ``closed``. Sources bound
+        in code are the caller's and are not closed; sources the engine made from the policy
+        (Redis) are, and the fleet exchange stops.
         """
         if self._closed:
             return

@@ -123,6 +123,7 @@ class FleetSync:
             breaker.share()
             self._members.append(_Shared(breaker, options, client))
         self._interval = min(o.sync_every for _, o in shared)
+        self._connection_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         self._stop = threading.Event()
         self._unreachable = False
         self._thread = threading.Thread(target=self._run, name="resilience-fleet", daemon=True)
@@ -148,23 +149,30 @@ class FleetSync:
 
     def sync_once(self) -> None:
         """One exchange for every shared breaker (the thread calls it; tests may too)."""
-        try:
-            for member in self._members:
-                self._exchange(member)
-        except Exception as exc:
-            if not self._unreachable:
-                self._unreachable = True
-                self._emit(FLEET_UNREACHABLE, url_host=self._host(), error=type(exc).__name__)
-            return
-        if self._unreachable:
-            self._unreachable = False
-            self._emit(FLEET_RECOVERED, url_host=self._host())
-        self.last_round = self._wall()
+        reached = True
+        for member in self._members:
+            taken = member.breaker.take_pending()
+            try:
+                self._exchange(member, *taken)
+            except self._connection_errors as exc:
+                member.breaker.give_back(*taken)  # sent on the next round that gets through
+                reached = False
+                if not self._unreachable:
+                    self._unreachable = True
+                    self._emit(FLEET_UNREACHABLE, url_host=self._host(), error=type(exc).__name__)
+            except Exception:
+                continue
+        if reached:
+            if self._unreachable:
+                self._unreachable = False
+                self._emit(FLEET_RECOVERED, url_host=self._host())
+            self.last_round = self._wall()
 
-    def _exchange(self, member: _Shared) -> None:
+    def _exchange(
+        self, member: _Shared, calls: int, failures: int, slows: int, opened: bool
+    ) -> None:
         breaker = member.breaker
         options = breaker.options
-        calls, failures, slows, opened = breaker.take_pending()
         now = self._wall()
         second = int(now)
         span = int(member.options.window)
@@ -176,28 +184,44 @@ class FleetSync:
             pipe.hincrby(key, "slows", slows)
             pipe.expire(key, span + 5)
         if opened:
-            until = now + options.open_for
-            pipe.set(member.state_key, repr(until), px=int(options.open_for * 1000))
+            # When the outage began here, and for how long: the others open for what is left.
+            left = breaker.opened_wall + options.open_for - now
+            if left > 0:
+                pipe.set(
+                    member.state_key,
+                    f"{breaker.opened_wall!r}:{options.open_for!r}",
+                    px=max(int(left * 1000), 1),
+                )
         for past in range(second - span + 1, second + 1):
             pipe.hmget(member.bucket_key.format(past), "calls", "failures", "slows")
         pipe.get(member.state_key)
         replies = pipe.execute()
         state = replies[-1]
-        buckets = replies[-1 - span : -1]
+        if state is not None:
+            raw = state.decode() if isinstance(state, bytes) else str(state)
+            began_text, _, open_for_text = raw.partition(":")
+            began, open_for = float(began_text), float(open_for_text)
+            remaining = began + open_for - now
+            # An outage that began before this breaker last closed was already served here.
+            if remaining > 0.0 and began > breaker.closed_wall:
+                if breaker.open_from_fleet("fleet_state", remaining):
+                    self._emit(
+                        FLEET_OPENED,
+                        breaker=breaker.name,
+                        reason="fleet_state",
+                        remaining_s=round(remaining, 3),
+                    )
+                return
+        # Only the seconds since this breaker last closed: older failures were already served.
+        since = int(breaker.closed_wall) + 1
         totals = [0, 0, 0]
-        for bucket in buckets:
+        for past, bucket in zip(
+            range(second - span + 1, second + 1), replies[-1 - span : -1], strict=True
+        ):
+            if past < since:
+                continue
             for i, value in enumerate(bucket):
                 totals[i] += int(value) if value is not None else 0
-        if state is not None:
-            remaining = float(state) - now
-            if remaining > 0.0 and breaker.open_from_fleet("fleet_state", remaining):
-                self._emit(
-                    FLEET_OPENED,
-                    breaker=breaker.name,
-                    reason="fleet_state",
-                    remaining_s=round(remaining, 3),
-                )
-            return
         fleet_calls, fleet_failures, fleet_slows = totals
         if fleet_calls < options.minimum_calls:
             return
@@ -213,7 +237,7 @@ class FleetSync:
             if breaker.open_from_fleet("fleet_failure_rate", options.open_for):
                 member.client.set(
                     member.state_key,
-                    repr(now + options.open_for),
+                    f"{now!r}:{options.open_for!r}",
                     px=int(options.open_for * 1000),
                     nx=True,
                 )

@@ -20,13 +20,17 @@ within the budget. Connection settings come from the policy or the environment, 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import math
 import os
 import threading
+import time
+import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -124,6 +128,13 @@ def resolve_url(url: str | None, url_env: str | None) -> str:
     return value
 
 
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def decode_session(raw: bytes, fmt: SessionFormat, limit: int) -> SessionState:
     """Decode one stored session value.
 
@@ -134,8 +145,8 @@ def decode_session(raw: bytes, fmt: SessionFormat, limit: int) -> SessionState:
         raise GarbageData(f"session value of {len(raw)} bytes is over the {limit}-byte limit")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise GarbageData(f"session value is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise GarbageData(f"session value is not usable JSON: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise GarbageData(f"session value is {type(data).__name__}, not an object")
     scale = 1e-3 if fmt.time_unit == "ms" else 1.0
@@ -151,22 +162,30 @@ def decode_session(raw: bytes, fmt: SessionFormat, limit: int) -> SessionState:
         at = entry.get(fmt.time)
         if not isinstance(item, str) or not (category is None or isinstance(category, str)):
             raise GarbageData(f"a click has no string {fmt.item!r} or a bad {fmt.category!r}")
-        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        if isinstance(at, bool) or not isinstance(at, int | float) or not _finite(at):
             raise GarbageData(f"a click's {fmt.time!r} is not a finite number")
-        clicks.append(Click(item, category, at * scale))
+        try:
+            clicks.append(Click(item, category, float(at) * scale))
+        except OverflowError:
+            raise GarbageData(f"a click's {fmt.time!r} is too large") from None
     event_time = data.get(fmt.event_time)
     if event_time is not None and (
         isinstance(event_time, bool)
         or not isinstance(event_time, int | float)
-        or not math.isfinite(event_time)
+        or not _finite(event_time)
     ):
         raise GarbageData(f"{fmt.event_time!r} is not a finite number")
-    return SessionState(tuple(clicks), None if event_time is None else event_time * scale)
+    try:
+        event = None if event_time is None else float(event_time) * scale
+    except OverflowError:
+        raise GarbageData(f"{fmt.event_time!r} is too large") from None
+    return SessionState(tuple(clicks), event)
 
 
-def _connection_kwargs(options: RedisOptions, name: str) -> dict[str, Any]:
+def _connection_kwargs(options: RedisOptions) -> dict[str, Any]:
     # redis is an optional extra: imported only when a policy declares a Redis source.
     from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.connection import Connection  # noqa: PLC0415
     from redis.retry import Retry  # noqa: PLC0415
 
     kwargs: dict[str, Any] = {
@@ -175,8 +194,13 @@ def _connection_kwargs(options: RedisOptions, name: str) -> dict[str, Any]:
         "retry": Retry(NoBackoff(), 0),
         "socket_connect_timeout": options.connect_timeout,
         "socket_timeout": options.connect_timeout,  # writes; reads get the step's time left
-        "client_name": f"resilience-{name}",
     }
+    # No handshake round trips (CLIENT SETINFO) on a new connection: a fresh connection then
+    # costs one TCP connect, bounded by connect_timeout. redis-py 8 spells it driver_info=None.
+    if "driver_info" in inspect.signature(Connection.__init__).parameters:
+        kwargs["driver_info"] = None
+    else:
+        kwargs["lib_name"] = kwargs["lib_version"] = None
     if options.password_env:
         password = os.environ.get(options.password_env)
         if not password:
@@ -187,41 +211,106 @@ def _connection_kwargs(options: RedisOptions, name: str) -> dict[str, Any]:
     return kwargs
 
 
+def _plain_url(url: str) -> str:
+    """``url``, refusing query parameters: they would override the policy's settings."""
+    if urlsplit(url).query:
+        raise ValueError(
+            "the Redis URL has query parameters, which would override the policy's settings "
+            "(pool size, timeouts, decoding); put settings in the policy and drop the query"
+        )
+    return url
+
+
+class _Slots:
+    """A cluster client whose slot map is learnt in the background, never on a request.
+
+    Until the map is known, calls fail at once (``ConnectionError``); a failed discovery is
+    tried again at most once a second; a ``MOVED`` reply asks for a fresh map.
+    """
+
+    RETRY_EVERY = 1.0
+
+    def __init__(self, make: Callable[[], Any], name: str) -> None:
+        self._make = make
+        self._name = name
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._busy = False
+        self._last_try = -math.inf
+
+    def client(self) -> Any:
+        client = self._client
+        if client is None:
+            self._discover()
+            raise ConnectionError(f"source {self._name!r}: cluster slots not known yet")
+        return client
+
+    def refresh(self) -> None:
+        self._discover(force=True)
+
+    def _discover(self, force: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._busy or (not force and now - self._last_try < self.RETRY_EVERY):
+                return
+            self._busy, self._last_try = True, now
+        threading.Thread(
+            target=self._run, name=f"resilience-{self._name}-slots", daemon=True
+        ).start()
+
+    def _run(self) -> None:
+        try:
+            fresh = self._make()
+            old, self._client = self._client, fresh
+            if old is not None:
+                with suppress(Exception):
+                    old.close()
+        except Exception:
+            pass
+        finally:
+            with self._lock:
+                self._busy = False
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with suppress(Exception):
+                client.close()
+
+
 class RedisSessionStore:
     """A session store on Redis for both ``decide`` (sync client) and ``adecide`` (asyncio).
 
-    Made by the engine from ``sources.NAME.redis``; the clients and their pools are created on
-    first use by each side, and released by :meth:`close` / :meth:`aclose`.
+    Made by the engine from ``sources.NAME.redis`` and released by :meth:`close` /
+    :meth:`aclose`. asyncio connections belong to their event loop: one pool per running loop.
     """
 
     def __init__(self, name: str, options: RedisOptions) -> None:
         import redis  # noqa: PLC0415 - the optional extra, only when a policy declares Redis
         import redis.asyncio  # noqa: PLC0415
+        import redis.asyncio.retry  # noqa: PLC0415
+        from redis.backoff import NoBackoff  # noqa: PLC0415
 
         self.name = name
         self.options = options
-        url = options.resolved_url()
-        kwargs = _connection_kwargs(options, name)
-        self._pool: Any = redis.BlockingConnectionPool.from_url(
-            url, max_connections=options.max_connections, timeout=0, **kwargs
-        )
-        # A cluster client is made on first use, so that an engine starts while Redis is down.
-        self._cluster: Any = None
-        self._cluster_lock = threading.Lock()
-        self._refreshing = threading.Event()
-        self._acluster: Any = None
-        self._acluster_loop: asyncio.AbstractEventLoop | None = None
-        self._acluster_init: asyncio.Task[Any] | None = None
-        self._url = url
-        self._kwargs = kwargs
-        # asyncio connections belong to the loop that opened them: one pool per running loop.
-        self._apool: Any = None
-        self._apool_loop: asyncio.AbstractEventLoop | None = None
+        self._url = _plain_url(options.resolved_url())
+        self._kwargs = _connection_kwargs(options)
+        self._akwargs = {**self._kwargs, "retry": redis.asyncio.retry.Retry(NoBackoff(), 0)}
         self._redis = redis
         self._aredis = redis.asyncio
         self._key = options.key
         self._format = options.format
         self._limit = options.max_value_bytes
+        self._pool: Any = redis.BlockingConnectionPool.from_url(
+            self._url, max_connections=options.max_connections, timeout=0, **self._kwargs
+        )
+        self._apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._slots = _Slots(self._make_cluster, name) if options.cluster else None
+        self._aclusters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"<RedisSessionStore {self.name!r} key={self._key!r}>"
@@ -233,22 +322,34 @@ class RedisSessionStore:
             raise GarbageData(f"Redis returned {type(raw).__name__}, not a string value")
         return decode_session(raw, self._format, self._limit)
 
+    # --- sync -----------------------------------------------------------------------------
+
     def get(self, key: str, timeout: float) -> SessionState | None:
-        """The session ``key``, or ``None``; waits at most ``timeout`` seconds for the reply."""
+        """The session ``key``, or ``None``, within ``timeout`` seconds all told."""
+        deadline = time.monotonic() + timeout
         if timeout <= 0:
             raise TimeoutError(f"source {self.name!r}: no time left")
         full_key = self._key.format(key=key)
-        pool = self._node_pool(full_key) if self.options.cluster else self._pool
+        if self._slots is not None:
+            node = self._slots.client().get_node_from_key(full_key)
+            pool = node.redis_connection.connection_pool
+        else:
+            pool = self._pool
         connection = self._refusals(pool.get_connection)
         healthy = False
         try:
+            left = deadline - time.monotonic()  # connecting may have used some of it
+            if left <= 0:
+                healthy = True  # nothing was sent: the connection is clean
+                raise TimeoutError(f"source {self.name!r}: no time left after connecting")
             connection.send_command("GET", full_key)
-            raw = connection.read_response(timeout=timeout)
+            raw = connection.read_response(timeout=left)
             healthy = True
         except self._redis.TimeoutError as exc:
             raise TimeoutError(f"source {self.name!r}: no reply within {timeout:g}s") from exc
         except (self._redis.exceptions.MovedError, self._redis.exceptions.AskError):
-            self._refresh_topology()
+            if self._slots is not None:
+                self._slots.refresh()
             raise
         finally:
             if not healthy:
@@ -256,39 +357,93 @@ class RedisSessionStore:
             pool.release(connection)
         return self._decode(raw)
 
+    def _make_cluster(self) -> Any:
+        return self._redis.RedisCluster.from_url(
+            self._url, max_connections=self.options.max_connections, **self._kwargs
+        )
+
+    # --- asyncio --------------------------------------------------------------------------
+
     async def aget(self, key: str, timeout: float) -> SessionState | None:
-        """The asyncio form of :meth:`get`; cancellation discards the connection."""
+        """The asyncio form of :meth:`get`; any cut or cancellation discards the connection."""
         if timeout <= 0:
             raise TimeoutError(f"source {self.name!r}: no time left")
         full_key = self._key.format(key=key)
+        try:
+            async with asyncio.timeout(timeout):
+                connection, release = await self._aacquire(full_key)
+        except TimeoutError as exc:
+            raise TimeoutError(f"source {self.name!r}: could not connect in time") from exc
+        healthy = False
+        try:
+            # The read itself takes no timeout: redis-py's asyncio read_response(timeout=...)
+            # returns None when it expires, which would pass for a miss and leave the reply
+            # in flight for the next caller.
+            async with asyncio.timeout(timeout):
+                await connection.send_command("GET", full_key)
+                raw = await connection.read_response()
+            healthy = True
+        except (TimeoutError, self._redis.TimeoutError) as exc:
+            raise TimeoutError(f"source {self.name!r}: no reply within {timeout:g}s") from exc
+        except (self._redis.exceptions.MovedError, self._redis.exceptions.AskError):
+            self._aclusters.pop(asyncio.get_running_loop(), None)
+            raise
+        finally:
+            # One shielded step for both: a second cancellation cannot leave the slot taken.
+            await asyncio.shield(self._settle(connection, healthy, release))
+        return self._decode(raw)
+
+    @staticmethod
+    async def _settle(
+        connection: Any, healthy: bool, release: Callable[[Any], Awaitable[None]]
+    ) -> None:
+        try:
+            if not healthy:
+                # Cancelled or failed mid-command: its next reply belongs to no one.
+                with suppress(Exception):
+                    await connection.disconnect(nowait=True)
+        finally:
+            await release(connection)
+
+    async def _aacquire(self, full_key: str) -> tuple[Any, Callable[[Any], Awaitable[None]]]:
+        loop = asyncio.get_running_loop()
         if self.options.cluster:
-            node = (await self._async_cluster()).get_node_from_key(full_key)
+            node = (await self._async_cluster(loop)).get_node_from_key(full_key)
             connection = self._refusals(node.acquire_connection)
 
             async def release(connection: Any) -> None:
                 node.release(connection)
-        else:
-            pool = self._async_pool()
-            connection = await self._arefusals(pool.get_connection)
-            release = pool.release
-        healthy = False
-        try:
-            await connection.send_command("GET", full_key)
-            raw = await connection.read_response(timeout=timeout)
-            healthy = True
-        except self._redis.TimeoutError as exc:
-            raise TimeoutError(f"source {self.name!r}: no reply within {timeout:g}s") from exc
-        except (self._redis.exceptions.MovedError, self._redis.exceptions.AskError):
-            self._acluster = None  # the next call learns the new slot owners
-            raise
-        finally:
-            if not healthy:
-                # Cancelled or failed mid-command: this connection's next reply belongs to no
-                # one. Close it without waiting on the server.
-                with suppress(Exception):
-                    await asyncio.shield(connection.disconnect(nowait=True))
-            await asyncio.shield(release(connection))
-        return self._decode(raw)
+
+            return connection, release
+        pool = self._apools.get(loop)
+        if pool is None:
+            pool = self._apools[loop] = self._aredis.BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=self.options.max_connections,
+                timeout=0,
+                **self._akwargs,
+            )
+        return await self._arefusals(pool.get_connection), pool.release
+
+    async def _async_cluster(self, loop: asyncio.AbstractEventLoop) -> Any:
+        entry = self._aclusters.get(loop)
+        if entry is None:
+            cluster = self._aredis.RedisCluster.from_url(
+                self._url, max_connections=self.options.max_connections, **self._akwargs
+            )
+            # Learning the slots runs as its own task: a caller cut at its deadline must not
+            # cancel it, or it could never finish.
+            entry = self._aclusters[loop] = (cluster, loop.create_task(cluster.initialize()))
+        cluster, init = entry
+        if not init.done():
+            await asyncio.shield(init)
+        failure = init.exception()
+        if failure is not None:
+            self._aclusters.pop(loop, None)
+            raise ConnectionError(f"source {self.name!r}: cluster unreachable: {failure}")
+        return cluster
+
+    # --- refusals -------------------------------------------------------------------------
 
     def _refusals(self, acquire: Callable[[], Any]) -> Any:
         """``acquire()``, with the pool's refusals translated to the engine's outcomes."""
@@ -315,86 +470,22 @@ class RedisSessionStore:
                 raise BulkheadFull(self.name, self.options.max_connections) from None
             raise
 
-    def _node_pool(self, full_key: str) -> Any:
-        """The connection pool of the cluster node that owns ``full_key``'s slot."""
-        cluster = self._cluster
-        if cluster is None:
-            with self._cluster_lock:
-                if self._cluster is None:
-                    try:
-                        self._cluster = self._redis.RedisCluster.from_url(
-                            self._url,
-                            max_connections=self.options.max_connections,
-                            **self._kwargs,
-                        )
-                    except self._redis.RedisError as exc:
-                        raise ConnectionError(
-                            f"source {self.name!r}: cluster unreachable: {exc}"
-                        ) from exc
-                cluster = self._cluster
-        return cluster.get_node_from_key(full_key).redis_connection.connection_pool
-
-    def _refresh_topology(self) -> None:
-        # Slots moved (resharding): learn the new owners off the request path.
-        cluster = self._cluster
-        if cluster is None or self._refreshing.is_set():
-            return
-        self._refreshing.set()
-
-        def refresh() -> None:
-            try:
-                cluster.nodes_manager.initialize()
-            except Exception:
-                pass
-            finally:
-                self._refreshing.clear()
-
-        threading.Thread(target=refresh, name=f"resilience-{self.name}-slots", daemon=True).start()
-
-    async def _async_cluster(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._acluster is None or self._acluster_loop is not loop:
-            cluster = self._aredis.RedisCluster.from_url(
-                self._url, max_connections=self.options.max_connections, **self._kwargs
-            )
-            # Learning the slots takes a few round trips. It runs as its own task, shielded:
-            # a caller cut at its deadline must not cancel it, or it could never finish.
-            self._acluster_init = loop.create_task(cluster.initialize())
-            self._acluster, self._acluster_loop = cluster, loop
-        init = self._acluster_init
-        assert init is not None
-        if not init.done():
-            await asyncio.shield(init)
-        failure = init.exception()
-        if failure is not None:
-            self._acluster = None  # the next call starts again
-            raise ConnectionError(f"source {self.name!r}: cluster unreachable: {failure}")
-        return self._acluster
-
-    def _async_pool(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._apool is None or self._apool_loop is not loop:
-            self._apool = self._aredis.BlockingConnectionPool.from_url(
-                self._url,
-                max_connections=self.options.max_connections,
-                timeout=0,
-                **self._kwargs,
-            )
-            self._apool_loop = loop
-        return self._apool
+    # --- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the sync connections (the asyncio ones go with :meth:`aclose`)."""
         self._pool.disconnect()
-        if self._cluster is not None:
-            self._cluster.close()
-            self._cluster = None
+        if self._slots is not None:
+            self._slots.close()
 
     async def aclose(self) -> None:
-        """Close every connection, sync and asyncio."""
+        """Close every connection, sync and those of the running loop."""
         self.close()
-        if self._apool is not None and self._apool_loop is asyncio.get_running_loop():
-            await self._apool.disconnect()
-        if self._acluster is not None and self._acluster_loop is asyncio.get_running_loop():
-            await self._acluster.aclose()
-        self._apool = self._acluster = None
+        loop = asyncio.get_running_loop()
+        pool = self._apools.pop(loop, None)
+        if pool is not None:
+            await pool.disconnect()
+        entry = self._aclusters.pop(loop, None)
+        if entry is not None:
+            with suppress(Exception):
+                await entry[0].aclose()

@@ -18,7 +18,7 @@ def server() -> Iterator[RedisServer]:
     try:
         redis = RedisServer()
     except FileNotFoundError:
-        if os.environ.get("CI"):
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
             pytest.fail("redis-server is missing; CI must have it")
         pytest.skip("redis-server is not installed")
     with redis:
@@ -134,3 +134,27 @@ def test_a_fleet_without_its_url_is_a_clear_build_error(
     )
     with pytest.raises(PolicyValidationError, match="NO_FLEET_URL"):
         make()
+
+
+def test_a_recovered_breaker_is_not_reopened_by_failures_it_already_served(
+    server: RedisServer,
+) -> None:
+    import time
+
+    text = policy(server.url).replace("open_for: 30s", "open_for: 200ms")
+    text = text.replace("    breaker:\n", "    breaker:\n      half_open_probes: 1\n")
+    store = Store()
+    with Engine(load_policies(text), {"profile_store": store}, events=RecordingSink()) as engine:
+        store.down = True
+        for _ in range(10):
+            engine.decide(USER)
+        assert state(engine) == "open"
+        store.down = False
+        time.sleep(0.25)
+        engine.decide(USER)  # the probe succeeds: closed, with a fresh window
+        assert state(engine) == "closed"
+        deadline = time.monotonic() + 0.6  # a few fleet rounds, within the 10 s fleet window
+        while time.monotonic() < deadline:
+            engine.decide(USER)
+            assert state(engine) == "closed"
+            time.sleep(0.01)
