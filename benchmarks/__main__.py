@@ -33,6 +33,8 @@ def _overrun_line(mode: str, figures: dict[str, Any]) -> str:
         )
     else:
         line += f"; {figures['threads']} threads, bulkhead of {figures['max_concurrent']}"
+        floor = figures["threads_floor_ms"]
+        line += f"; bare thread wake-up floor: p50 {floor['p50']:.2f}, p99.9 {floor['p99.9']:.2f}"
     return line
 
 

@@ -227,7 +227,39 @@ def _measure_sync(policies: PolicySet, calls: int, threads: int, hang: float) ->
         "threads": threads,
         "max_concurrent": stats.get("max_concurrent"),
         "bulkhead_rejected": stats.get("rejected"),
+        "threads_floor_ms": _threads_floor(calls, threads),
     }
+
+
+def _threads_floor(calls: int, threads: int) -> dict[str, float]:
+    """The machine's own floor for the sync case: the same threads each waiting 10 ms on an
+    event (what a bulkhead caller does), the lateness of their wake-ups, in ms."""
+    late: list[float] = []
+    lock = threading.Lock()
+    share, extra = divmod(calls, threads)
+
+    def waiter(count: int) -> None:
+        never = threading.Event()
+        mine = []
+        for _ in range(count):
+            start = time.perf_counter()
+            never.wait(BUDGET)
+            mine.append(time.perf_counter() - start - BUDGET)
+        with lock:
+            late.extend(mine)
+
+    workers = [threading.Thread(target=waiter, args=(share + (n < extra),)) for n in range(threads)]
+    with _gc_paused():
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    ordered = sorted(late)
+
+    def pct(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 3)
+
+    return {"p50": pct(0.5), "p99.9": pct(0.999), "max": round(ordered[-1] * 1e3, 3)}
 
 
 def run(
