@@ -22,8 +22,7 @@ import time
 from typing import Any
 
 from resilience import Affinities, Engine, NullSink, RequestContext, load_policies
-from resilience._fleet import wait_for
-from resilience.testing import RedisServer
+from resilience.testing import RedisServer, wait_for
 
 from .interleaved import compare
 

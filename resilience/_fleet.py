@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -257,13 +256,3 @@ class FleetSync:
     def _emit(self, event: str, **fields: Any) -> None:
         with contextlib.suppress(Exception):
             self._events.emit(event, **fields)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
-    """Poll ``condition`` until true or ``timeout`` seconds pass (for tests and drills)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()

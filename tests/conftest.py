@@ -4,7 +4,7 @@ recording_sink) come from the package's own pytest plugin, as they would for any
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,20 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from resilience import Affinities, Click, SessionState
-from resilience.testing import FakeClock, FaultySource
+from resilience.testing import FakeClock, FaultySource, RedisServer
 
 settings.register_profile(
     "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run (``CI=true``), where a missing service is a failure."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+settings.load_profile("ci" if in_ci() else "dev")
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_POLICIES = ROOT / "policies.yaml"
@@ -72,3 +79,16 @@ def stores(fake_clock: FakeClock, faulty_source: Callable[..., FaultySource]) ->
         faulty_source({"u1": Affinities({"books": 3.0, "shoes": 1.0})}),
         faulty_source({"young": Affinities({"electronics": 2.0, "toys": 2.0})}),
     )
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server on a free port, stopped after the test (never the shared one)."""
+    try:
+        server = RedisServer()
+    except FileNotFoundError:
+        if in_ci():
+            pytest.fail("redis-server is missing; CI must have it (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed")
+    with server:
+        yield server

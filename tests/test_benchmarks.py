@@ -6,6 +6,8 @@ import pytest
 
 from benchmarks import happy_path
 
+from .conftest import in_ci
+
 
 def test_happy_path_benchmark_runs_and_reports_ratios() -> None:
     results = happy_path.run(quick=True)
@@ -59,11 +61,10 @@ def test_overrun_benchmark_counts_outcomes_and_never_raises() -> None:
 
 
 def test_the_fault_drill_runs_against_a_private_redis() -> None:
-    import os
     import shutil
 
     if shutil.which("redis-server") is None:
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        if in_ci():
             pytest.fail("redis-server is missing; CI must have it")
         pytest.skip("redis-server is not installed")
     from benchmarks import faults

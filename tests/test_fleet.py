@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from resilience import Affinities, Engine, Outcome, RequestContext, load_policies
-from resilience._fleet import wait_for
-from resilience.testing import RecordingSink, RedisServer
+from resilience.testing import RecordingSink, RedisServer, wait_for
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    try:
-        redis = RedisServer()
-    except FileNotFoundError:
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail("redis-server is missing; CI must have it")
-        pytest.skip("redis-server is not installed")
-    with redis:
-        yield redis
+def server(redis_server: RedisServer) -> RedisServer:
+    return redis_server
 
 
 def policy(url: str, minimum: int = 10) -> str:

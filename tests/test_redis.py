@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -17,20 +16,14 @@ from resilience import (
     SourceBindingError,
     load_policies,
 )
-from resilience._fleet import wait_for
-from resilience.testing import RecordingSink, RedisClusterNodes, RedisServer
+from resilience.testing import RecordingSink, RedisClusterNodes, RedisServer, wait_for
+
+from .conftest import in_ci
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    try:
-        redis = RedisServer()
-    except FileNotFoundError:
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail("redis-server is missing; CI must have it (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
-    with redis:
-        yield redis
+def server(redis_server: RedisServer) -> RedisServer:
+    return redis_server
 
 
 def policy(url: str, extra: str = "") -> str:
@@ -217,7 +210,7 @@ def cluster() -> Iterator[RedisClusterNodes]:
     try:
         nodes = RedisClusterNodes()
     except FileNotFoundError:
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        if in_ci():
             pytest.fail("redis-server/redis-cli are missing; CI must have them")
         pytest.skip("redis-server or redis-cli is not installed")
     with nodes:

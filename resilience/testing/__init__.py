@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "RecordingSink",
     "RedisClusterNodes",
     "RedisServer",
+    "wait_for",
 ]
 
 
@@ -504,3 +505,17 @@ def _free_cluster_port() -> int:
             continue
         return port
     raise RuntimeError("no free port pair for a cluster node")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; returns whether it held.
+
+    For tests of background work (a fleet exchange, a cluster's slot discovery): bounded, so a
+    test that waits on something that never happens fails instead of hanging.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
