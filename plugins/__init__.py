@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from resilience import Step, hookimpl
 
 from .guards.error_rate import ErrorRateGuard
+from .post.boost_cap import BoostCapStep
+from .post.exploration import ExplorationStep
 from .tiers.profile_only import ProfileOnlyTier
 from .tiers.segment import SegmentTier
 from .tiers.session import SessionTier
@@ -29,4 +31,6 @@ def resilience_step_types() -> Sequence[type[Step]]:
         SegmentTier,
         UnpersonalizedTier,
         ErrorRateGuard,
+        BoostCapStep,
+        ExplorationStep,
     ]

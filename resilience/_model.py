@@ -37,12 +37,16 @@ class Candidate:
         score: its query-relevance score (higher is better).
         category: its category, if known.
         published_at: wall-clock seconds when the item was published, if known.
+        propensity: see below; leave it ``None`` on input.
     """
 
     item_id: str
     score: float
     category: str | None = None
     published_at: float | None = None
+    #: set by an exploration step on the items it placed: the probability that this item was
+    #: picked for its slot under the policy (for off-policy evaluation); ``None`` otherwise.
+    propensity: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,9 @@ def entry_point(name: str, module: str) -> EntryPoint:
 
 
 BUILTINS = [
+    "boost_cap",
     "error_rate",
+    "exploration",
     "profile_only",
     "segment",
     "session",

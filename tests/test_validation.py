@@ -845,7 +845,7 @@ def test_a_version_that_only_equals_one_is_refused(value: str) -> None:
     assert "unknown format version" in issue.message
 
 
-def test_a_step_without_type_where_no_types_exist_says_so() -> None:
+def test_a_step_without_type_names_the_types_it_could_be() -> None:
     issue = only_issue(BASE.replace("chain:", "post: [{id: x}]\n    chain:", 1))
     assert issue.message == "step has no 'type'"
-    assert issue.hint == "no post types are installed; remove the step"
+    assert issue.hint == "add 'type:' with one of: boost_cap, exploration"

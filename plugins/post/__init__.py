@@ -1,0 +1,1 @@
+"""Built-in post steps (re-ranking): one module per step type."""

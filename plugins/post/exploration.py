@@ -1,0 +1,154 @@
+"""``exploration``: reserve some of the top slots for diverse items the ranking would not show.
+
+Against filter bubbles, the brief asks to reserve 10-20% of results for exploration. Of the top
+``k`` slots, ``n = floor(share * k + 0.5)`` hold items drawn from the *pool*: the candidates the
+current ranking places below the top ``k``. The draw is diversity-aware and favours recent items:
+an item's weight is
+
+    (1 + novelty, if its category is not yet among the top k or the items drawn so far)
+    * 0.5 ** (age / half_life), for an item with a publication time (1 without one)
+
+and items are drawn one slot at a time without replacement, with probability proportional to
+weight. Each placed item carries its ``propensity``: the probability that it was drawn for its
+slot given the draws before it, for off-policy evaluation.
+
+Slot positions and draws are seeded by the request id (and ``salt``), so the same request id
+gives the same list: a result can be replayed. The top slot is never replaced. Exploration
+applies by default only when a personalized tier served (``apply_when: personalized``). No item
+is dropped or duplicated: the ranked items keep their order around the exploration slots, and
+the ones pushed out of the top k lead the rest of the list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
+
+from pydantic import Field
+
+from resilience import (
+    BuildContext,
+    Candidate,
+    Duration,
+    PostStep,
+    RequestContext,
+    Signals,
+    StepParams,
+)
+
+__all__ = ["ExplorationParams", "ExplorationStep", "explore", "slot_count"]
+
+
+class ExplorationParams(StepParams):
+    """Parameters of the ``exploration`` post step."""
+
+    share: float = Field(
+        default=0.15,
+        ge=0,
+        le=0.5,
+        description="Share of the top k slots given to exploration (the brief: 0.10 to 0.20).",
+    )
+    k: int = Field(default=10, ge=1, le=1000, description="How many top slots the share is of.")
+    novelty: float = Field(
+        default=2.0, ge=0, description="Extra weight for an item of a category not yet shown."
+    )
+    half_life: Duration | None = Field(
+        default=30 * 86_400.0,
+        gt=0,
+        description="Age at which an item's weight halves; null: age does not count.",
+    )
+    salt: str = Field(
+        default="exploration",
+        min_length=1,
+        description="Mixed into the seed; change it to draw differently for the same requests.",
+    )
+    apply_when: Literal["personalized", "always"] = Field(
+        default="personalized",
+        description="personalized: only when a personalized tier served; always: every request.",
+    )
+
+
+def slot_count(share: float, k: int, available: int) -> int:
+    """How many exploration slots: ``floor(share * k + 0.5)``, within what the list allows."""
+    wanted = math.floor(share * k + 0.5)
+    return max(0, min(wanted, k - 1, available))
+
+
+def _seed(salt: str, request_id: str) -> int:
+    digest = hashlib.sha256(f"{salt}\x00{request_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def explore(
+    candidates: Sequence[Candidate],
+    params: ExplorationParams,
+    request_id: str,
+    now: float,
+) -> list[Candidate]:
+    """The list with its exploration slots filled. Pure: the same inputs give the same list."""
+    ranked = list(candidates)
+    k = min(params.k, len(ranked))
+    top, pool = ranked[:k], ranked[k:]
+    n = slot_count(params.share, params.k, len(pool)) if k == params.k else 0
+    if n == 0:
+        return ranked
+    rng = random.Random(_seed(params.salt, request_id))
+    slots = sorted(rng.sample(range(1, k), n))  # never the top slot
+    # The categories the list would show anyway: the ranked items that stay in the top k.
+    shown = {c.category for c in top[: k - n]}
+    half_life = params.half_life
+
+    def weight(candidate: Candidate) -> float:
+        value = 1.0 + (params.novelty if candidate.category not in shown else 0.0)
+        published = candidate.published_at
+        if (
+            half_life is not None
+            and isinstance(published, int | float)
+            and math.isfinite(published)
+        ):
+            value *= 0.5 ** (max(now - published, 0.0) / half_life)
+        return value
+
+    remaining = list(pool)
+    picks: list[Candidate] = []
+    for _ in slots:
+        weights = [weight(c) for c in remaining]
+        total = sum(weights)
+        point = rng.random() * total
+        index = 0
+        while index < len(weights) - 1 and point >= weights[index]:
+            point -= weights[index]
+            index += 1
+        chosen = remaining.pop(index)
+        picks.append(replace(chosen, propensity=weights[index] / total))
+        shown.add(chosen.category)
+    # The picks go into their slots; the ranked items fill the other slots in their order, and
+    # the last few of the top k, pushed out, lead the rest.
+    kept = iter(top)
+    placed = dict(zip(slots, picks, strict=True))
+    head = [placed[i] if i in placed else next(kept) for i in range(k)]
+    return head + list(kept) + remaining
+
+
+class ExplorationStep(PostStep):
+    """Fills exploration slots. See the module docstring."""
+
+    name = "exploration"
+    Params = ExplorationParams
+
+    def __init__(self, params: StepParams, context: BuildContext) -> None:
+        super().__init__(params, context)
+        self._wall = context.clock.wall
+
+    def apply(
+        self, request: RequestContext, signals: Signals | None, candidates: Sequence[Candidate]
+    ) -> Sequence[Candidate]:
+        params = self.params
+        assert isinstance(params, ExplorationParams)
+        if signals is None and params.apply_when == "personalized":
+            return list(candidates)
+        return explore(candidates, params, request.request_id, self._wall())
