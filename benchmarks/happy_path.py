@@ -155,6 +155,7 @@ class HandWritten:
 
     def __init__(self, version: str, *, protected: bool = True) -> None:
         self.version = version
+        self.notes: dict[float, str] = {}
         self.protected = protected  # False: the foundation's policy, with no breakers or guard
         self.params = SessionParams()
         self.cache = SignalCache()
@@ -283,7 +284,10 @@ class HandWritten:
             if usable is not None and weight < 1.0
             else ("session_store",)
         )
-        signals = Signals(categories, items, "session", sources, weight, state.event_time)
+        note = self.notes.get(weight)
+        if note is None:  # the weight shown in the trace, formatted once per distinct weight
+            note = self.notes[weight] = f"w={weight:.2f}"
+        signals = Signals(categories, items, "session", sources, weight, state.event_time, note)
         if time.perf_counter() - t0 <= timeout:
             self.cache.remember(session_id, signals, wall)
         return signals

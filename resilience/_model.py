@@ -67,6 +67,8 @@ class RequestContext:
         time_left: seconds the upstream request has left; the decision uses the smaller of this
             and the policy's budget.
         attributes: free-form request attributes for plugins (country, device, ...).
+        recent_clicks: the client's newest clicks, which may not have reached the session
+            store yet (it lags 100-500 ms behind a click); the ``session`` tier merges them in.
     """
 
     user_id: str | None = None
@@ -78,6 +80,7 @@ class RequestContext:
     segment: str | None = None
     time_left: float | None = None
     attributes: Mapping[str, str] = field(default_factory=lambda: _NO_ATTRIBUTES)
+    recent_clicks: tuple[Click, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from resilience import (
     Affinities,
     BuildContext,
+    Click,
     Duration,
     GarbageData,
     RequestContext,
@@ -38,7 +39,7 @@ from resilience import (
 
 from ..signal_cache import SignalCache, cache_key
 
-__all__ = ["SessionParams", "SessionTier", "blend"]
+__all__ = ["SessionParams", "SessionTier", "blend", "with_recent_clicks"]
 
 
 class SessionParams(TierParams):
@@ -74,6 +75,12 @@ class SessionParams(TierParams):
         gt=0,
         description="Time constant of click decay exp(-age/decay); null: no decay.",
     )
+    dedupe_window: Duration = Field(
+        default=5.0,
+        ge=0,
+        description="A client-reported click of an item the store already has within this "
+        "time is the same click.",
+    )
     cache: str | None = Field(
         default="session",
         min_length=1,
@@ -88,6 +95,29 @@ class SessionParams(TierParams):
                 "profile store leaves time to serve the session signals alone"
             )
         return self
+
+
+def with_recent_clicks(
+    state: SessionState | None, recent: tuple[Click, ...], window: float
+) -> SessionState:
+    """The stored session with the client's newest clicks merged in, oldest first.
+
+    A recent click of an item the store has within ``window`` seconds of it is the same click,
+    already propagated: it is not counted twice.
+    """
+    stored = state.clicks if state is not None else ()
+    try:
+        fresh = tuple(
+            click
+            for click in recent
+            if not any(
+                old.item_id == click.item_id and abs(old.at - click.at) <= window for old in stored
+            )
+        )
+        merged = tuple(sorted(stored + fresh, key=lambda c: c.at)) if fresh else stored
+    except (AttributeError, TypeError) as exc:
+        raise GarbageData(f"malformed recent click: {exc}") from exc
+    return SessionState(merged, state.event_time if state is not None else None)
 
 
 def session_weight(clicks: int, blend_k: float, cap: float) -> float:
@@ -173,6 +203,7 @@ class SessionTier(Tier):
         self._now = context.clock.monotonic
         self._wall = context.clock.wall
         self._profile_timeout = params.profile_timeout
+        self._notes: dict[float, str] = {}
         self._cache: SignalCache | None = None
         if params.cache is not None:
             self._cache = context.shared(cache_key(params.cache), SignalCache)
@@ -194,11 +225,11 @@ class SessionTier(Tier):
             return None
         t0 = self._now()
         state = self._session.call(session_id, timeout)
-        if state is None:
-            return None
-        if type(state) is not SessionState:
+        if state is not None and type(state) is not SessionState:
             raise GarbageData.unexpected(state, "SessionState", self._session.name)
-        if not state.clicks:
+        if request.recent_clicks:
+            state = with_recent_clicks(state, request.recent_clicks, self._params.dedupe_window)
+        if state is None or not state.clicks:
             return None
         profile = None
         if self._profile is not None and request.user_id:
@@ -222,11 +253,11 @@ class SessionTier(Tier):
             state = await self._session.acall(session_id, timeout)
         else:
             state = self._session.call(session_id, timeout)
-        if state is None:
-            return None
-        if type(state) is not SessionState:
+        if state is not None and type(state) is not SessionState:
             raise GarbageData.unexpected(state, "SessionState", self._session.name)
-        if not state.clicks:
+        if request.recent_clicks:
+            state = with_recent_clicks(state, request.recent_clicks, self._params.dedupe_window)
+        if state is None or not state.clicks:
             return None
         profile = None
         if self._profile is not None and request.user_id:
@@ -252,6 +283,9 @@ class SessionTier(Tier):
         usable = profile if type(profile) is Affinities else None
         now = self._wall()
         categories, items, weight = blend(state, usable, self._params, now)
+        note = self._notes.get(weight)
+        if note is None:  # a handful of distinct weights: each formatted once
+            note = self._notes[weight] = f"w={weight:.2f}" if len(self._notes) < 256 else ""
         signals = Signals(
             categories,
             items,
@@ -259,6 +293,7 @@ class SessionTier(Tier):
             self._sources_blended if usable is not None and weight < 1.0 else self._sources_read,
             weight,
             state.event_time,
+            note,
         )
         # A late read is discarded by the engine; it must not live on in the stale cache.
         if self._cache is not None and self._now() - t0 <= timeout:

@@ -209,3 +209,27 @@ def test_a_session_tier_without_profile_source_reads_one_store(
     decision = engine.decide(RequestContext(user_id="u", session_id="s"))
     assert decision.trace.outcome_of("session") is Outcome.OK
     assert decision.signals is not None and decision.signals.session_weight == 1.0
+
+
+def test_recent_client_clicks_are_merged_and_deduplicated() -> None:
+    from resilience_plugins.tiers.session import with_recent_clicks
+
+    stored = SessionState((Click("a", "shoes", 10.0), Click("b", "bags", 20.0)), 20.0)
+    recent = (Click("b", "bags", 21.0), Click("c", "toys", 30.0))  # b already propagated
+    merged = with_recent_clicks(stored, recent, window=5.0)
+    assert [c.item_id for c in merged.clicks] == ["a", "b", "c"]
+    assert merged.event_time == 20.0
+    assert with_recent_clicks(None, recent, 5.0).clicks == recent
+
+
+def test_a_search_right_after_a_click_sees_it(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(
+        POLICY.format(params="profile_source: null, cache: null"),
+        {"session_store": {}.get},  # the store has not seen the session yet
+    )
+    request = RequestContext(session_id="s", recent_clicks=(Click("i9", "toys", 1.0),))
+    decision = engine.decide(request)
+    assert decision.trace.served == "session"
+    assert decision.signals is not None
+    assert decision.signals.categories == {"toys": 1.0}
+    assert "session=ok[w=1.00]" in str(decision.trace)  # the weight used, in the trace
