@@ -8,6 +8,13 @@ hard latency budget, and always answers. See ``docs/architecture.md``.
 from ._breaker import BreakerOptions, BreakerSnapshot, CircuitBreaker
 from ._bulkhead import Bulkhead, BulkheadStats
 from ._clock import Clock, SystemClock
+from ._diversity import (
+    DiversityMonitor,
+    DiversitySnapshot,
+    MonitoringSettings,
+    category_coverage,
+    category_entropy,
+)
 from ._durations import Duration, format_duration, parse_duration
 from ._engine import Engine
 from ._errors import (
@@ -80,6 +87,8 @@ __all__ = [
     "Click",
     "Clock",
     "Decision",
+    "DiversityMonitor",
+    "DiversitySnapshot",
     "Duration",
     "Engine",
     "EventSettings",
@@ -88,6 +97,7 @@ __all__ = [
     "GarbageData",
     "Guard",
     "MemorySource",
+    "MonitoringSettings",
     "NullSink",
     "Outcome",
     "PluginError",
@@ -124,6 +134,8 @@ __all__ = [
     "Tier",
     "TierParams",
     "Trace",
+    "category_coverage",
+    "category_entropy",
     "decode_session",
     "format_duration",
     "hookimpl",

@@ -21,6 +21,7 @@ from typing import Any, Self
 
 from ._breaker import CircuitBreaker
 from ._clock import Clock, SystemClock
+from ._diversity import DiversityMonitor
 from ._errors import (
     BreakerOpen,
     BulkheadFull,
@@ -181,9 +182,13 @@ class Engine:
             raise
         self._default = policies.default_policy
         self._start_fleet()
-        rate = policies.settings.events.decision_sample_rate
-        self._sample_rate = rate
+        self._sample_rate = policies.settings.events.decision_sample_rate
+        monitoring = policies.settings.monitoring
+        self._monitor_rate = monitoring.sample_rate
+        self._draws = self._sample_rate > 0 or self._monitor_rate > 0
         self._random = random.Random(seed).random
+        #: rolling diversity and CTR aggregates of this engine's served lists
+        self.monitor = DiversityMonitor(monitoring, self._clock.monotonic, self._clock.wall)
         self._events.emit(
             ENGINE_BUILT,
             policies=list(self._plans),
@@ -569,22 +574,28 @@ class Engine:
         if plan.post:
             candidates = self._post(plan, request, signals, candidates, deadline, records)
         now = self._now()
+        draw = self._random() if self._draws else 1.0  # one draw samples events and lists
+        served_id = served.step_id if served is not None else ""
+        sampled = draw < self._monitor_rate
         trace = Trace(
             plan.name,
             plan.version,
             request.request_id,
-            served.step_id if served is not None else "",
+            served_id,
             reason,
             tuple(records),
             int((deadline - start) * 1e6 + 0.5),
             int((now - start) * 1e6 + 0.5),
+            sampled,
         )
         for observe in plan.observers:
             try:
                 observe(trace)
             except Exception as exc:  # an observer's bug must not cost the answer
                 self._observer_failed(plan, exc)
-        if self._sample_rate and self._random() < self._sample_rate:
+        if sampled:
+            self.monitor.measure(plan.name, served_id, candidates, request.candidates)
+        if draw < self._sample_rate:
             self._emit_decision(trace)
         return Decision(signals, candidates, trace)
 
@@ -692,6 +703,15 @@ class Engine:
     def policy_names(self) -> list[str]:
         """The names of the compiled policies."""
         return list(self._plans)
+
+    def record_click(self, trace: Trace) -> None:
+        """Report a click on the list a decision served, for CTR beside diversity.
+
+        Only clicks on sampled decisions (``trace.sampled``) count, so that CTR and the
+        diversity figures describe the same lists; nothing is kept per request.
+        """
+        if trace.sampled:
+            self.monitor.record_click(trace.policy, trace.served)
 
     def breaker(self, source: str) -> CircuitBreaker:
         """The circuit breaker of ``source``, for operators (``force_open()``, ``snapshot()``).

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._diversity import MonitoringSettings
 from ._durations import FROM_DOCUMENT, Duration, format_duration
 from ._errors import PolicyIssue, PolicyValidationError
 from ._plugins import PluginHost, StepType
@@ -86,6 +87,7 @@ class Settings(_Strict):
 
     plugins: PluginSettings = PluginSettings()
     events: EventSettings = EventSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
 
 class _PolicyDecl(_Strict):

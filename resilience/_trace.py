@@ -54,6 +54,7 @@ class Trace(NamedTuple):
         steps: every step tried, guards then tiers then post steps.
         budget_us: the budget this decision had (the policy's, or less if the caller had less).
         used_us: microseconds the decision took.
+        sampled: whether diversity monitoring measured this decision's list.
     """
 
     policy: str
@@ -64,6 +65,8 @@ class Trace(NamedTuple):
     steps: tuple[StepRecord, ...]
     budget_us: int
     used_us: int
+    #: whether this decision was sampled for diversity monitoring (its clicks then count for CTR)
+    sampled: bool = False
 
     def outcome_of(self, step: str) -> Outcome | None:
         """The outcome of the step with id ``step``, or ``None`` if it was not tried."""
