@@ -196,6 +196,8 @@ class PolicySet:
     default_policy: str | None
     plugins: PluginHost = field(repr=False, compare=False)
     sources: Mapping[str, SourceOptions] = field(default_factory=dict)
+    #: things valid but unusual, each with its place: ``resilience validate`` prints them
+    warnings: tuple[PolicyIssue, ...] = ()
 
     def source_options(self, name: str) -> SourceOptions:
         """How source ``name`` is protected (inline, no breaker, no retry when undeclared)."""
@@ -298,6 +300,7 @@ class _Checker:
         self.located = located
         self.issues = issues
         self.events = events
+        self.warnings: list[PolicyIssue] = []
 
     def add(self, path: Path, message: str, hint: str = "") -> None:
         line, col = self.located.position(path)
@@ -344,7 +347,13 @@ class _Checker:
         if self.issues:
             return None
         return PolicySet(
-            self.file, decl.settings, policies, decl.default_policy, plugins, decl.sources
+            self.file,
+            decl.settings,
+            policies,
+            decl.default_policy,
+            plugins,
+            decl.sources,
+            tuple(self.warnings),
         )
 
     @staticmethod
@@ -489,6 +498,8 @@ class _Checker:
             self.pydantic_issues(exc, path, step_type.Params)
             return None
         line, col = self.located.position(path)
+        for advice in params.advice():
+            self.warnings.append(PolicyIssue(self.file, line, col, format_path(path), advice))
         return StepSpec(step_id, step_type, params, format_path(path), line, col)
 
     def unknown_type(

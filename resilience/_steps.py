@@ -72,6 +72,11 @@ class StepParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
+    def advice(self) -> list[str]:
+        """Things valid but unusual about these parameters; ``resilience validate`` prints each
+        as a warning (the file still loads). Override to add some."""
+        return []
+
 
 class TierParams(StepParams):
     """Parameters every tier has. Subclasses override ``timeout``'s default."""

@@ -134,6 +134,8 @@ def _validate(args: argparse.Namespace) -> int:
     loaded = _load(args.path, args.format, build=True)
     if isinstance(loaded, int):
         return loaded
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.format == "json":
         json.dump(
             {
@@ -141,6 +143,7 @@ def _validate(args: argparse.Namespace) -> int:
                 "file": args.path,
                 "version": loaded.version,
                 "policies": {n: p.version for n, p in loaded.policies.items()},
+                "warnings": [w.as_dict() for w in loaded.warnings],
             },
             sys.stdout,
             indent=2,

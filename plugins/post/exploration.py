@@ -71,6 +71,14 @@ class ExplorationParams(StepParams):
         description="personalized: only when a personalized tier served; always: every request.",
     )
 
+    def advice(self) -> list[str]:
+        if self.share > 0 and not 0.10 <= self.share <= 0.20:
+            return [
+                f"share {self.share:g} is outside 0.10-0.20, the brief's range for exploration "
+                "slots"
+            ]
+        return []
+
 
 def slot_count(share: float, k: int, available: int) -> int:
     """How many exploration slots: ``floor(share * k + 0.5)``, within what the list allows."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -190,3 +191,21 @@ def test_a_share_above_the_limit_is_a_clear_error() -> None:
     (issue,) = caught.value.issues
     assert issue.path == "policies.p.post[1].share"
     assert "0.5" in issue.hint
+
+
+def test_a_share_outside_the_briefs_range_is_a_warning_not_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resilience import load_policies
+    from resilience.cli import main
+
+    text = POLICY.replace("share: 0.2", "share: 0.3")
+    loaded = load_policies(text)
+    (warning,) = loaded.warnings
+    assert warning.path == "policies.p.post[1]"
+    assert "outside 0.10-0.20" in warning.message
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 0
+    assert "warning: " in capsys.readouterr().err
+    assert load_policies(POLICY).warnings == ()
