@@ -1,4 +1,4 @@
-"""``python -m benchmarks [speed|faults|fleet] [--quick] [--json PATH]``.
+"""``python -m benchmarks [speed|faults|fleet|ranking] [--quick] [--json PATH]``.
 
 Without a suite name: the engine's speed against hand-written code (ratios). ``faults``: the
 fault drill against a real redis-server (docs/fault-tolerance.md).
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import concurrency, faults, fleet, happy_path, open_breaker, overrun
+from . import concurrency, faults, fleet, happy_path, open_breaker, overrun, ranking
 
 
 def _overrun_line(mode: str, figures: dict[str, Any]) -> str:
@@ -76,16 +76,34 @@ def main() -> int:
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=("speed", "faults", "fleet"),
+        choices=("speed", "faults", "fleet", "ranking"),
         default="speed",
         help="speed (default): ratios against hand-written code; faults: the fault drill "
-        "against a real redis-server; fleet: fleet breakers across processes",
+        "against a real redis-server; fleet: fleet breakers across processes; ranking: "
+        "exploration on the synthetic population, and post-step cost",
     )
     parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.suite == "faults":
         return _faults(args)
+    if args.suite == "ranking":
+        results = {"python": platform.python_version(), **ranking.run(quick=args.quick)}
+        on, off = results["exploration_on"], results["exploration_off"]
+        print(
+            f"ranking.exploration over {results['searches']} searches: coverage of the top 10 "
+            f"{off['coverage']:.3f} off -> {on['coverage']:.3f} on; clicks per list "
+            f"{off['ctr']:.3f} off -> {on['ctr']:.3f} on"
+        )
+        for size, cost in results["post_step_cost"].items():
+            print(
+                f"ranking.post_step_cost.{size}: boost_cap + exploration "
+                f"{cost['post_steps_us']:.1f} us per decision (decision {cost['ratio']:.1f}x "
+                "the same without post steps)"
+            )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     if args.suite == "fleet":
         results = {"python": platform.python_version(), **fleet.run(quick=args.quick)}
         spread = results["propagation_s"]

@@ -22,10 +22,18 @@ from resilience import (
     PolicySet,
     SessionState,
     SourceFunction,
-    load_policies_file,
+    load_policies,
 )
 
-from .happy_path import PROFILES, REQUEST, SEGMENTS, SESSIONS, async_loop, sync_loop
+from .happy_path import (
+    PROFILES,
+    REQUEST,
+    SEGMENTS,
+    SESSIONS,
+    async_loop,
+    sync_loop,
+    without_post,
+)
 from .interleaved import compare
 
 __all__ = ["run"]
@@ -117,7 +125,7 @@ def run(
     default_calls, default_repeats = (2_000, 9) if quick else (10_000, 15)
     calls = calls or default_calls
     repeats = repeats or default_repeats
-    policies = load_policies_file(ROOT / "policies.yaml")
+    policies = load_policies(without_post((ROOT / "policies.yaml").read_text()))
     return {
         "sync": _measure_sync(policies, calls, repeats),
         "async": _measure_async(policies, calls, repeats),

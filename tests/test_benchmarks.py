@@ -81,3 +81,13 @@ def test_the_fault_drill_runs_against_a_private_redis() -> None:
     assert healthy["served_by"] == {"session": 1.0}
     refused = results["rows"][1]
     assert "session" not in refused["served_by"]
+
+
+def test_the_ranking_experiment_runs_on_the_synthetic_population() -> None:
+    from benchmarks import ranking
+
+    results = ranking.run(quick=True, searches=200)
+    for arm in ("exploration_on", "exploration_off"):
+        assert 0.0 < results[arm]["coverage"] <= 1.0
+        assert results[arm]["ctr"] >= 0.0
+    assert set(results["post_step_cost"]) == {"50", "500"}

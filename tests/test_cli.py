@@ -211,7 +211,7 @@ def test_explain_shows_steps_in_order_with_every_effective_parameter(
     headers = [
         line.strip()
         for line in out.splitlines()
-        if line.strip()[:2] in {"1.", "2.", "3.", "4.", "5.", "6."}
+        if line.strip()[:2] in {"1.", "2.", "3.", "4.", "5.", "6.", "7.", "8."}
     ]
     assert headers == [
         "1. error_rate (type error_rate, plugin builtin)",
@@ -220,9 +220,11 @@ def test_explain_shows_steps_in_order_with_every_effective_parameter(
         "4. profile_only (type profile_only, plugin builtin)",
         "5. segment (type segment, plugin builtin)",
         "6. unpersonalized (type unpersonalized, plugin builtin, terminal)",
+        "7. boost_cap (type boost_cap, plugin builtin)",
+        "8. exploration (type exploration, plugin builtin)",
     ]
     assert "guards:\n" in out
-    assert "post: (none)" in out
+    assert "post:\n" in out
     # Defaults the file does not write are shown too.
     assert "max_entries" not in reference_yaml
     assert "max_entries: 100000" in out
@@ -289,7 +291,7 @@ def test_explain_json(capsys: pytest.CaptureFixture[str]) -> None:
         "max_entries": 100000,
     }
     assert [g["type"] for g in search["guards"]] == ["error_rate"]
-    assert search["post"] == []
+    assert [p["type"] for p in search["post"]] == ["boost_cap", "exploration"]
 
 
 def test_explain_json_on_an_invalid_file_still_exits_1(

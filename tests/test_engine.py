@@ -65,7 +65,12 @@ def test_healthy_session_serves_primary(
     assert decision.signals.tier == "session"
     assert decision.trace.config_version == engine.config_version("search")
     assert decision.trace.request_id == "r1"
-    assert outcomes(decision) == {"error_rate": Outcome.OK, "session": Outcome.OK}
+    assert outcomes(decision) == {
+        "error_rate": Outcome.OK,
+        "session": Outcome.OK,
+        "boost_cap": Outcome.OK,
+        "exploration": Outcome.OK,
+    }
 
 
 @pytest.mark.parametrize(
@@ -391,7 +396,12 @@ def test_events_built_and_sampled_decisions(
     assert built == [{"policies": ["search"], "versions": {"search": engine.config_version()}}]
     (decision,) = recording_sink.of("resilience.decision")
     assert decision["served"] == "session"
-    assert decision["steps"] == {"error_rate": "ok", "session": "ok"}
+    assert decision["steps"] == {
+        "error_rate": "ok",
+        "session": "ok",
+        "boost_cap": "ok",
+        "exploration": "ok",
+    }
     assert "u1" not in repr(decision) and "s1" not in repr(decision)
 
 
@@ -504,7 +514,7 @@ def test_the_engine_always_answers(
         "segment",
         "unpersonalized",
     }
-    assert decision.trace.steps[-1].outcome is Outcome.OK
+    assert decision.trace.outcome_of(decision.trace.served) is Outcome.OK
     assert (decision.signals is None) == (decision.trace.served == "unpersonalized")
     assert all(isinstance(s, Signals) for s in [decision.signals] if s is not None)
 

@@ -662,7 +662,7 @@ def test_reference_file_loads(reference_yaml: str) -> None:
         "unpersonalized",
     ]
     assert [g.step_id for g in policy.guards] == ["error_rate"]
-    assert policy.post == ()
+    assert [p.step_id for p in policy.post] == ["boost_cap", "exploration"]
     assert set(loaded.sources) == {"session_store", "profile_store"}
     assert loaded.settings.plugins.allow == []
     assert loaded.settings.events.decision_sample_rate == pytest.approx(0.01)

@@ -99,7 +99,7 @@ class BoostCapStep(PostStep):
         params = self.params
         assert isinstance(params, BoostCapParams)
         if signals is None and params.apply_when == "personalized":
-            return list(candidates)
+            return candidates if isinstance(candidates, list | tuple) else list(candidates)
         scores = boosted_scores(candidates, signals, params)
         bases = [_base(c.score) for c in candidates]
         # Ties in the final score (normalizing can merge near-equal scores) go to the higher

@@ -158,5 +158,5 @@ class ExplorationStep(PostStep):
         params = self.params
         assert isinstance(params, ExplorationParams)
         if signals is None and params.apply_when == "personalized":
-            return list(candidates)
+            return candidates if isinstance(candidates, list | tuple) else list(candidates)
         return explore(candidates, params, request.request_id, self._wall())
