@@ -11,7 +11,8 @@ a policy that wins clicks by narrowing what users see shows it. For a sampled sh
 
 A sampled decision counts as an impression of its (policy, tier served); clicks are reported
 back with ``Engine.record_click(trace)``, which counts those on sampled decisions, so that CTR
-and diversity describe the same lists and no per-request state is kept. Aggregates are
+(clicks per list shown) and diversity describe the same lists and no per-request state is kept.
+A click lands in the bucket of the time it is reported, which may be the next one. Aggregates are
 rolling: ``window`` split into buckets on the monotonic clock, per policy and tier served, read
 with :meth:`DiversityMonitor.snapshot`.
 """
@@ -111,7 +112,7 @@ class DiversityMonitor:
         wall: the engine's wall clock (item ages).
     """
 
-    #: ages kept per bucket and key, for percentiles; a bounded sample, not every item
+    #: ages kept per bucket and key, for percentiles: the first ones of each bucket, bounded
     MAX_AGES = 2000
 
     def __init__(

@@ -71,7 +71,7 @@ def boosted_scores(
         if candidate.category is not None:
             boost += params.category_weight * categories.get(candidate.category, 0.0)
         boost += params.item_weight * items.get(candidate.item_id, 0.0)
-        boosts.append(min(max(boost, 0.0), cap) if math.isfinite(boost) else 0.0)
+        boosts.append(0.0 if math.isnan(boost) else min(max(boost, 0.0), cap))
     bases = [_base(c.score) for c in candidates]
     if params.mode == "multiplicative":
         return [

@@ -8,12 +8,15 @@ an item's weight is
     (1 + novelty, if its category is not yet among the top k or the items drawn so far)
     * 0.5 ** (age / half_life), for an item with a publication time (1 without one)
 
-and items are drawn one slot at a time without replacement, with probability proportional to
-weight. Each placed item carries its ``propensity``: the probability that it was drawn for its
-slot given the draws before it, for off-policy evaluation.
+with ages counted from the newest candidate's publication (not the clock, so that a replay
+gives the same list), and items are drawn one slot at a time without replacement, with
+probability proportional to weight (evenly, should every weight underflow). Items whose id the
+list already shows are not drawn. Each placed item carries its ``propensity``: the probability
+that it was drawn for its slot *given the draws before it* (a conditional propensity; the first
+slot's is also its marginal), for off-policy evaluation.
 
-Slot positions and draws are seeded by the request id (and ``salt``), so the same request id
-gives the same list: a result can be replayed. The top slot is never replaced. Exploration
+Slot positions and draws are seeded by the request id (and ``salt``), so the same request id and
+candidates give the same list: a result can be replayed. The top slot is never replaced. Exploration
 applies by default only when a personalized tier served (``apply_when: personalized``). No item
 is dropped or duplicated: the ranked items keep their order around the exploration slots, and
 the ones pushed out of the top k lead the rest of the list.
@@ -31,7 +34,6 @@ from typing import Literal
 from pydantic import Field
 
 from resilience import (
-    BuildContext,
     Candidate,
     Duration,
     PostStep,
@@ -95,10 +97,16 @@ def explore(
     candidates: Sequence[Candidate],
     params: ExplorationParams,
     request_id: str,
-    now: float,
 ) -> list[Candidate]:
-    """The list with its exploration slots filled. Pure: the same inputs give the same list."""
+    """The list with its exploration slots filled. Pure: the same candidates and request id
+    give the same list, whenever it is replayed (ages count from the newest candidate)."""
     ranked = list(candidates)
+    times = [
+        c.published_at
+        for c in ranked
+        if isinstance(c.published_at, int | float) and math.isfinite(c.published_at)
+    ]
+    now = max(times) if times else 0.0
     k = min(params.k, len(ranked))
     top, pool = ranked[:k], ranked[k:]
     n = slot_count(params.share, params.k, len(pool)) if k == params.k else 0
@@ -106,8 +114,9 @@ def explore(
         return ranked
     rng = random.Random(_seed(params.salt, request_id))
     slots = sorted(rng.sample(range(1, k), n))  # never the top slot
-    # The categories the list would show anyway: the ranked items that stay in the top k.
+    # The categories and ids the list shows anyway: the ranked items that stay in the top k.
     shown = {c.category for c in top[: k - n]}
+    shown_ids = {c.item_id for c in top[: k - n]}
     half_life = params.half_life
 
     def weight(candidate: Candidate) -> float:
@@ -121,25 +130,36 @@ def explore(
             value *= 0.5 ** (max(now - published, 0.0) / half_life)
         return value
 
-    remaining = list(pool)
+    # An item whose id the list already shows, or already drawn, is not drawn again:
+    # exploration adds no duplicates.
+    taken_ids = set(shown_ids)
+    drawn: set[int] = set()  # the candidate objects drawn
     picks: list[Candidate] = []
     for _ in slots:
-        weights = [weight(c) for c in remaining]
+        drawable = [c for c in pool if id(c) not in drawn and c.item_id not in taken_ids]
+        if not drawable:
+            break
+        weights = [weight(c) for c in drawable]
         total = sum(weights)
+        if not (total > 0 and math.isfinite(total)):  # every weight underflowed: draw evenly
+            weights = [1.0] * len(drawable)
+            total = float(len(drawable))
         point = rng.random() * total
         index = 0
         while index < len(weights) - 1 and point >= weights[index]:
             point -= weights[index]
             index += 1
-        chosen = remaining.pop(index)
-        picks.append(replace(chosen, propensity=weights[index] / total))
+        chosen = drawable[index]
+        drawn.add(id(chosen))
+        taken_ids.add(chosen.item_id)
         shown.add(chosen.category)
+        picks.append(replace(chosen, propensity=weights[index] / total))
     # The picks go into their slots; the ranked items fill the other slots in their order, and
-    # the last few of the top k, pushed out, lead the rest.
+    # the last few of the top k, pushed out, lead the rest of the pool.
     kept = iter(top)
-    placed = dict(zip(slots, picks, strict=True))
+    placed = dict(zip(slots, picks, strict=False))
     head = [placed[i] if i in placed else next(kept) for i in range(k)]
-    return head + list(kept) + remaining
+    return head + list(kept) + [c for c in pool if id(c) not in drawn]
 
 
 class ExplorationStep(PostStep):
@@ -148,10 +168,6 @@ class ExplorationStep(PostStep):
     name = "exploration"
     Params = ExplorationParams
 
-    def __init__(self, params: StepParams, context: BuildContext) -> None:
-        super().__init__(params, context)
-        self._wall = context.clock.wall
-
     def apply(
         self, request: RequestContext, signals: Signals | None, candidates: Sequence[Candidate]
     ) -> Sequence[Candidate]:
@@ -159,4 +175,4 @@ class ExplorationStep(PostStep):
         assert isinstance(params, ExplorationParams)
         if signals is None and params.apply_when == "personalized":
             return candidates if isinstance(candidates, list | tuple) else list(candidates)
-        return explore(candidates, params, request.request_id, self._wall())
+        return explore(candidates, params, request.request_id)

@@ -81,6 +81,9 @@ class SessionParams(TierParams):
         description="A client-reported click of an item the store already has within this "
         "time is the same click.",
     )
+    max_recent_clicks: int = Field(
+        default=10, ge=0, le=100, description="Most client-reported clicks merged per request."
+    )
     cache: str | None = Field(
         default="session",
         min_length=1,
@@ -98,25 +101,35 @@ class SessionParams(TierParams):
 
 
 def with_recent_clicks(
-    state: SessionState | None, recent: tuple[Click, ...], window: float
+    state: SessionState | None, recent: tuple[Click, ...], window: float, limit: int = 10
 ) -> SessionState:
     """The stored session with the client's newest clicks merged in, oldest first.
 
-    A recent click of an item the store has within ``window`` seconds of it is the same click,
-    already propagated: it is not counted twice.
+    The client is not trusted: of its clicks only the newest ``limit`` well-formed ones count
+    (an item id, a finite time), each once; one of an item the store has within ``window``
+    seconds of it is the same click, already propagated, and not counted twice.
     """
     stored = state.clicks if state is not None else ()
-    try:
-        fresh = tuple(
-            click
-            for click in recent
-            if not any(
-                old.item_id == click.item_id and abs(old.at - click.at) <= window for old in stored
-            )
-        )
-        merged = tuple(sorted(stored + fresh, key=lambda c: c.at)) if fresh else stored
-    except (AttributeError, TypeError) as exc:
-        raise GarbageData(f"malformed recent click: {exc}") from exc
+    well_formed = [
+        click
+        for click in recent
+        if type(click) is Click
+        and type(click.item_id) is str
+        and (click.category is None or type(click.category) is str)
+        and isinstance(click.at, int | float)
+        and math.isfinite(click.at)
+    ]
+    fresh: list[Click] = []
+    for click in sorted(well_formed, key=lambda c: c.at)[-limit:]:
+        if any(
+            old.item_id == click.item_id and abs(old.at - click.at) <= window
+            for old in (*stored, *fresh)
+        ):
+            continue
+        fresh.append(click)
+    if not fresh:
+        return state if state is not None else SessionState()
+    merged = tuple(sorted((*stored, *fresh), key=lambda c: c.at))
     return SessionState(merged, state.event_time if state is not None else None)
 
 
@@ -228,7 +241,12 @@ class SessionTier(Tier):
         if state is not None and type(state) is not SessionState:
             raise GarbageData.unexpected(state, "SessionState", self._session.name)
         if request.recent_clicks:
-            state = with_recent_clicks(state, request.recent_clicks, self._params.dedupe_window)
+            state = with_recent_clicks(
+                state,
+                request.recent_clicks,
+                self._params.dedupe_window,
+                self._params.max_recent_clicks,
+            )
         if state is None or not state.clicks:
             return None
         profile = None
@@ -256,7 +274,12 @@ class SessionTier(Tier):
         if state is not None and type(state) is not SessionState:
             raise GarbageData.unexpected(state, "SessionState", self._session.name)
         if request.recent_clicks:
-            state = with_recent_clicks(state, request.recent_clicks, self._params.dedupe_window)
+            state = with_recent_clicks(
+                state,
+                request.recent_clicks,
+                self._params.dedupe_window,
+                self._params.max_recent_clicks,
+            )
         if state is None or not state.clicks:
             return None
         profile = None

@@ -233,3 +233,18 @@ def test_a_search_right_after_a_click_sees_it(make_engine: Callable[..., Engine]
     assert decision.signals is not None
     assert decision.signals.categories == {"toys": 1.0}
     assert "session=ok[w=1.00]" in str(decision.trace)  # the weight used, in the trace
+
+
+def test_client_clicks_are_not_trusted_blindly() -> None:
+    from resilience_plugins.tiers.session import with_recent_clicks
+
+    twice = (Click("a", "c", 1.0), Click("a", "c", 1.0))
+    assert len(with_recent_clicks(None, twice, 5.0).clicks) == 1
+    many = tuple(Click(f"i{n}", "c", float(n)) for n in range(50))
+    assert [c.item_id for c in with_recent_clicks(None, many, 0.0, limit=3).clicks] == [
+        "i47",
+        "i48",
+        "i49",
+    ]
+    broken = (Click("a", "c", None), Click("b", "c", float("nan")), Click("c", "c", 2.0))  # type: ignore[arg-type]
+    assert [c.item_id for c in with_recent_clicks(None, broken, 5.0).clicks] == ["c"]
