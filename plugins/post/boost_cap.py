@@ -65,13 +65,21 @@ def boosted_scores(
     categories = signals.categories if signals is not None else {}
     items = signals.items if signals is not None else {}
     cap = params.cap
-    boosts = []
-    for candidate in candidates:
-        boost = 0.0
-        if candidate.category is not None:
-            boost += params.category_weight * categories.get(candidate.category, 0.0)
-        boost += params.item_weight * items.get(candidate.item_id, 0.0)
-        boosts.append(0.0 if math.isnan(boost) else min(max(boost, 0.0), cap))
+    category_weight, item_weight = params.category_weight, params.item_weight
+
+    def clipped(boost: float) -> float:
+        return 0.0 if math.isnan(boost) else min(max(boost, 0.0), cap)
+
+    # Worked out once per category; the item part only for the few items the signals name.
+    by_category: dict[str | None, float] = {c: category_weight * w for c, w in categories.items()}
+    if items:
+        boosts = [
+            clipped(by_category.get(c.category, 0.0) + item_weight * items.get(c.item_id, 0.0))
+            for c in candidates
+        ]
+    else:
+        capped: dict[str | None, float] = {c: clipped(b) for c, b in by_category.items()}
+        boosts = [capped.get(c.category, 0.0) for c in candidates]
     bases = [_base(c.score) for c in candidates]
     if params.mode == "multiplicative":
         return [

@@ -118,42 +118,43 @@ def explore(
     shown = {c.category for c in top[: k - n]}
     shown_ids = {c.item_id for c in top[: k - n]}
     half_life = params.half_life
+    novelty = params.novelty
 
-    def weight(candidate: Candidate) -> float:
-        value = 1.0 + (params.novelty if candidate.category not in shown else 0.0)
+    def recency(candidate: Candidate) -> float:
         published = candidate.published_at
-        if (
-            half_life is not None
-            and isinstance(published, int | float)
-            and math.isfinite(published)
+        if half_life is None or not (
+            isinstance(published, int | float) and math.isfinite(published)
         ):
-            value *= 0.5 ** (max(now - published, 0.0) / half_life)
-        return value
+            return 1.0
+        return float(0.5 ** (max(now - published, 0.0) / half_life))
 
-    # An item whose id the list already shows, or already drawn, is not drawn again:
-    # exploration adds no duplicates.
-    taken_ids = set(shown_ids)
+    # An item whose id the list already shows is never drawn: exploration adds no duplicates.
+    # Recency is worked out once; only the novelty part changes from one slot to the next.
+    drawable = [(c, c.category, recency(c)) for c in pool if c.item_id not in shown_ids]
     drawn: set[int] = set()  # the candidate objects drawn
     picks: list[Candidate] = []
     for _ in slots:
-        drawable = [c for c in pool if id(c) not in drawn and c.item_id not in taken_ids]
         if not drawable:
             break
-        weights = [weight(c) for c in drawable]
+        weights = [
+            (1.0 + novelty if category not in shown else 1.0) * rec for _, category, rec in drawable
+        ]
         total = sum(weights)
         if not (total > 0 and math.isfinite(total)):  # every weight underflowed: draw evenly
             weights = [1.0] * len(drawable)
             total = float(len(drawable))
         point = rng.random() * total
         index = 0
-        while index < len(weights) - 1 and point >= weights[index]:
+        last = len(weights) - 1
+        while index < last and point >= weights[index]:
             point -= weights[index]
             index += 1
-        chosen = drawable[index]
+        chosen = drawable[index][0]
         drawn.add(id(chosen))
-        taken_ids.add(chosen.item_id)
         shown.add(chosen.category)
         picks.append(replace(chosen, propensity=weights[index] / total))
+        # An id drawn once is not drawn again (the input may repeat ids).
+        drawable = [entry for entry in drawable if entry[0].item_id != chosen.item_id]
     # The picks go into their slots; the ranked items fill the other slots in their order, and
     # the last few of the top k, pushed out, lead the rest of the pool.
     kept = iter(top)
