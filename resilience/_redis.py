@@ -449,26 +449,30 @@ class RedisSessionStore:
         """``acquire()``, with the pool's refusals translated to the engine's outcomes."""
         try:
             return acquire()
-        except self._redis.TimeoutError as exc:  # connecting to a server that does not answer
-            raise TimeoutError(f"source {self.name!r}: could not connect in time") from exc
-        except self._redis.exceptions.MaxConnectionsError:
-            raise BulkheadFull(self.name, self.options.max_connections) from None
-        except self._redis.ConnectionError as exc:
-            if "No connection available" in str(exc):
-                raise BulkheadFull(self.name, self.options.max_connections) from None
-            raise
+        except self._redis.RedisError as exc:
+            translated = self._refusal(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     async def _arefusals(self, acquire: Callable[[], Awaitable[Any]]) -> Any:
         try:
             return await acquire()
-        except self._redis.TimeoutError as exc:
-            raise TimeoutError(f"source {self.name!r}: could not connect in time") from exc
-        except self._redis.exceptions.MaxConnectionsError:
-            raise BulkheadFull(self.name, self.options.max_connections) from None
-        except self._redis.ConnectionError as exc:
-            if "No connection available" in str(exc):
-                raise BulkheadFull(self.name, self.options.max_connections) from None
-            raise
+        except self._redis.RedisError as exc:
+            translated = self._refusal(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def _refusal(self, exc: Exception) -> Exception:
+        """What a pool's failure to hand out a connection means to the engine."""
+        if isinstance(exc, self._redis.TimeoutError):  # a server that does not answer
+            return TimeoutError(f"source {self.name!r}: could not connect in time")
+        if isinstance(exc, self._redis.exceptions.MaxConnectionsError) or (
+            isinstance(exc, self._redis.ConnectionError) and "No connection available" in str(exc)
+        ):
+            return BulkheadFull(self.name, self.options.max_connections)
+        return exc
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -238,16 +238,8 @@ class SessionTier(Tier):
             return None
         t0 = self._now()
         state = self._session.call(session_id, timeout)
-        if state is not None and type(state) is not SessionState:
-            raise GarbageData.unexpected(state, "SessionState", self._session.name)
-        if request.recent_clicks:
-            state = with_recent_clicks(
-                state,
-                request.recent_clicks,
-                self._params.dedupe_window,
-                self._params.max_recent_clicks,
-            )
-        if state is None or not state.clicks:
+        state = self._usable(state, request)
+        if state is None:
             return None
         profile = None
         if self._profile is not None and request.user_id:
@@ -271,16 +263,8 @@ class SessionTier(Tier):
             state = await self._session.acall(session_id, timeout)
         else:
             state = self._session.call(session_id, timeout)
-        if state is not None and type(state) is not SessionState:
-            raise GarbageData.unexpected(state, "SessionState", self._session.name)
-        if request.recent_clicks:
-            state = with_recent_clicks(
-                state,
-                request.recent_clicks,
-                self._params.dedupe_window,
-                self._params.max_recent_clicks,
-            )
-        if state is None or not state.clicks:
+        state = self._usable(state, request)
+        if state is None:
             return None
         profile = None
         if self._profile is not None and request.user_id:
@@ -299,6 +283,20 @@ class SessionTier(Tier):
                 if self._now() - started > wait:
                     profile = None
         return self._signals(session_id, state, profile, t0, timeout)
+
+    def _usable(self, state: object, request: RequestContext) -> SessionState | None:
+        """The session read, checked and merged with the client's newest clicks; ``None`` when
+        it has no clicks (a miss)."""
+        if state is not None and type(state) is not SessionState:
+            raise GarbageData.unexpected(state, "SessionState", self._session.name)
+        if request.recent_clicks:
+            state = with_recent_clicks(
+                state,
+                request.recent_clicks,
+                self._params.dedupe_window,
+                self._params.max_recent_clicks,
+            )
+        return state if state is not None and state.clicks else None
 
     def _signals(
         self, session_id: str, state: SessionState, profile: object, t0: float, timeout: float
