@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._durations import Duration
+from ._fork import follow_forks, forget_forks
 from .events import EventSink, NullSink, register_event
 
 __all__ = ["FLEET_RECOVERED", "FLEET_UNREACHABLE", "FleetOptions", "FleetSync"]
@@ -129,13 +130,30 @@ class FleetSync:
         #: seconds from wall clock to the newest completed round, for operators and tests
         self.last_round: float | None = None
 
+    def serves(self, shared: list[tuple[Any, FleetOptions]]) -> bool:
+        """Whether this exchange runs exactly ``shared``: the same breakers with the same
+        options (a reload that changed neither keeps it)."""
+        mine = [(m.breaker, m.options) for m in self._members]
+        return len(mine) == len(shared) and all(
+            b1 is b2 and o1 == o2 for (b1, o1), (b2, o2) in zip(mine, shared, strict=True)
+        )
+
     def start(self) -> FleetSync:
         self._thread.start()
+        follow_forks(self)
         return self
+
+    def _restart_after_fork(self) -> None:
+        # redis-py's pools notice the new process and open connections of their own.
+        if self._stop.is_set():
+            return
+        self._thread = threading.Thread(target=self._run, name="resilience-fleet", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread (it finishes its round, bounded by the socket timeout)."""
         self._stop.set()
+        forget_forks(self)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(2.0)
         for client in self._clients.values():

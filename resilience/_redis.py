@@ -182,10 +182,21 @@ def decode_session(raw: bytes, fmt: SessionFormat, limit: int) -> SessionState:
     return SessionState(tuple(clicks), event)
 
 
+def no_handshake() -> dict[str, Any]:
+    """Client arguments for no handshake round trips (CLIENT SETINFO) on a new connection: a
+    fresh connection then costs one TCP connect, bounded by its connect timeout."""
+    import redis  # noqa: PLC0415 - the optional extra
+
+    # redis-py 8 spells it driver_info (and warns about lib_name); Connection.__init__ only
+    # shows **kwargs there, Redis.__init__ tells.
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters:
+        return {"driver_info": None}
+    return {"lib_name": None, "lib_version": None}
+
+
 def _connection_kwargs(options: RedisOptions) -> dict[str, Any]:
     # redis is an optional extra: imported only when a policy declares a Redis source.
     from redis.backoff import NoBackoff  # noqa: PLC0415
-    from redis.connection import Connection  # noqa: PLC0415
     from redis.retry import Retry  # noqa: PLC0415
 
     kwargs: dict[str, Any] = {
@@ -195,12 +206,7 @@ def _connection_kwargs(options: RedisOptions) -> dict[str, Any]:
         "socket_connect_timeout": options.connect_timeout,
         "socket_timeout": options.connect_timeout,  # writes; reads get the step's time left
     }
-    # No handshake round trips (CLIENT SETINFO) on a new connection: a fresh connection then
-    # costs one TCP connect, bounded by connect_timeout. redis-py 8 spells it driver_info=None.
-    if "driver_info" in inspect.signature(Connection.__init__).parameters:
-        kwargs["driver_info"] = None
-    else:
-        kwargs["lib_name"] = kwargs["lib_version"] = None
+    kwargs.update(no_handshake())
     if options.password_env:
         password = os.environ.get(options.password_env)
         if not password:

@@ -6,6 +6,8 @@ builds plain data itself, refusing what a policy file has no use for:
 - any tag outside the YAML core schema (``!!python/...``, ``!custom``): nothing executes;
 - duplicate keys in a mapping (PyYAML silently keeps the last one);
 - non-string mapping keys;
+- YAML 1.1 booleans: only ``true`` and ``false`` are booleans (YAML 1.2); ``on``, ``off``,
+  ``yes`` and ``no`` are strings, so ``mode: off`` means what it says;
 - inputs past the documented limits (size, nesting depth, node count after alias expansion),
   which stops "billion laughs" alias bombs before they expand.
 
@@ -42,6 +44,7 @@ _MAP_TAG = f"{_CORE}map"
 _SEQ_TAG = f"{_CORE}seq"
 _MERGE_TAG = f"{_CORE}merge"
 _TIMESTAMP_TAG = f"{_CORE}timestamp"
+_BOOL_TAG = f"{_CORE}bool"
 
 
 class _LimitExceededError(Exception):
@@ -160,6 +163,10 @@ class _Builder:
     def _scalar(self, node: Node, path: Path) -> Any:
         if node.tag == _TIMESTAMP_TAG and isinstance(node, ScalarNode) and node.style is None:
             return str(node.value)  # a plain 2024-01-01 means the text; no field takes dates
+        if node.tag == _BOOL_TAG and str(node.value).lower() not in ("true", "false"):
+            # YAML 1.2: only true and false are booleans. PyYAML's YAML 1.1 also reads on, off,
+            # yes and no as booleans, which would turn "mode: off" into false.
+            return str(node.value)
         if node.tag not in _SCALAR_TAGS:
             self._bad_tag(node, path)
             return None

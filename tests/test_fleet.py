@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,27 @@ def test_closing_the_engine_stops_the_exchange(server: RedisServer) -> None:
     assert fleet is not None
     engine.close()
     assert not fleet._thread.is_alive()
+
+
+def test_a_forked_child_exchanges_with_the_fleet_again(server: RedisServer) -> None:
+    engine = Engine(
+        load_policies(policy(server.url)), {"profile_store": Store()}, events=RecordingSink()
+    )
+    fleet = engine.fleet
+    assert fleet is not None
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the exchange must run rounds of its own
+        code = 1
+        try:
+            fleet.last_round = None
+            code = 0 if wait_for(lambda: fleet.last_round is not None, 10) else 2
+        finally:
+            os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        engine.close()
 
 
 def test_a_fleet_without_its_url_is_a_clear_build_error(
