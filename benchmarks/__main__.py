@@ -1,4 +1,4 @@
-"""``python -m benchmarks [speed|faults|fleet|ranking] [--quick] [--json PATH]``.
+"""``python -m benchmarks [speed|faults|fleet|flags|ranking] [--quick] [--json PATH]``.
 
 Without a suite name: the engine's speed against hand-written code (ratios). ``faults``: the
 fault drill against a real redis-server (docs/fault-tolerance.md).
@@ -13,7 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import concurrency, faults, fleet, happy_path, open_breaker, overrun, ranking
+from . import (
+    concurrency,
+    faults,
+    flag_propagation,
+    fleet,
+    happy_path,
+    open_breaker,
+    overrun,
+    ranking,
+)
 
 
 def _overrun_line(mode: str, figures: dict[str, Any]) -> str:
@@ -76,10 +85,11 @@ def main() -> int:
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=("speed", "faults", "fleet", "ranking"),
+        choices=("speed", "faults", "fleet", "flags", "ranking"),
         default="speed",
         help="speed (default): ratios against hand-written code; faults: the fault drill "
-        "against a real redis-server; fleet: fleet breakers across processes; ranking: "
+        "against a real redis-server; fleet: fleet breakers across processes; flags: a kill "
+        "switch flipped in Redis reaching two processes; ranking: "
         "exploration on the synthetic population, and post-step cost",
     )
     parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
@@ -101,6 +111,20 @@ def main() -> int:
                 f"{cost['post_steps_us']:.1f} us per decision (decision {cost['ratio']:.1f}x "
                 "the same without post steps)"
             )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
+    if args.suite == "flags":
+        results = {"python": platform.python_version(), **flag_propagation.run(quick=args.quick)}
+        spread, floor = results["propagation"], results["pubsub_floor"]
+        print(
+            f"flags.propagation ({results['flips']} flips x {results['processes']} processes, "
+            f"write to first obeying decision): p50 {spread['p50_ms']:.2f} ms, p99 "
+            f"{spread['p99_ms']:.2f} ms, max {spread['max_ms']:.2f} ms (goal p99 < "
+            f"{results['goal_p99_ms']:g} ms); Redis publish->receive floor p50 "
+            f"{floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms; ratio p50 "
+            f"{results['ratio_p50']:.1f}"
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0

@@ -149,6 +149,13 @@ class SignalCache:
         with self._lock:
             return len(self._entries)  # expires what is due first
 
+    def renew(self) -> None:
+        """Forget the wiring of the build that made this cache: a reload hands it, with its
+        entries, to a new build whose steps declare themselves again. Size and TTL keep their
+        largest values (readers check their own ``max_age``)."""
+        self.writers = []
+        self.readers = []
+
     def close(self) -> None:
         with self._lock:
             self._entries.clear()

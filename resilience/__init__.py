@@ -16,7 +16,7 @@ from ._diversity import (
     category_entropy,
 )
 from ._durations import Duration, format_duration, parse_duration
-from ._engine import Engine
+from ._engine import Engine, ReloadResult
 from ._errors import (
     BreakerOpen,
     BulkheadFull,
@@ -28,6 +28,9 @@ from ._errors import (
     ResilienceError,
     SourceBindingError,
 )
+from ._flag_feed import FeedSnapshot, FlagFeed, FlagRecord
+from ._flag_settings import FlagSettings
+from ._flags import PRECEDENCE, EnvFlagFeed, FlagError, Flags, FlagSpec, FlagState, SourceHealth
 from ._model import (
     Affinities,
     Candidate,
@@ -42,6 +45,7 @@ from ._plugins import ENTRY_POINT_GROUP, PluginHost
 from ._policy import (
     FORMAT_VERSION,
     EventSettings,
+    Mode,
     PluginSettings,
     Policy,
     PolicySet,
@@ -73,6 +77,7 @@ __all__ = [
     "EVENTS",
     "FAILURE_OUTCOMES",
     "FORMAT_VERSION",
+    "PRECEDENCE",
     "Affinities",
     "BoundSource",
     "BreakerOpen",
@@ -91,12 +96,22 @@ __all__ = [
     "DiversitySnapshot",
     "Duration",
     "Engine",
+    "EnvFlagFeed",
     "EventSettings",
     "EventSink",
     "EventSpec",
+    "FeedSnapshot",
+    "FlagError",
+    "FlagFeed",
+    "FlagRecord",
+    "FlagSettings",
+    "FlagSpec",
+    "FlagState",
+    "Flags",
     "GarbageData",
     "Guard",
     "MemorySource",
+    "Mode",
     "MonitoringSettings",
     "NullSink",
     "Outcome",
@@ -112,6 +127,7 @@ __all__ = [
     "Reason",
     "RedisOptions",
     "RedisSessionStore",
+    "ReloadResult",
     "RequestContext",
     "ResilienceError",
     "RetryOptions",
@@ -121,6 +137,7 @@ __all__ = [
     "Signals",
     "SourceBindingError",
     "SourceFunction",
+    "SourceHealth",
     "SourceName",
     "SourceOptions",
     "Step",

@@ -1,12 +1,17 @@
 """The engine: compiles a policy set once, then runs one decision per request.
 
 This is the only module on the per-request path. Everything it calls per request was built at
-compile time: step objects with their sources bound, parameters resolved, timeouts read. There is
-no hook dispatch, no lookup by step name, no logging on the happy path.
+compile time: step objects with their sources bound, parameters resolved, timeouts read, flags
+applied. There is no hook dispatch, no lookup by step name, no flag read, no logging on the
+happy path.
 
 The sync (:meth:`Engine.decide`) and asyncio (:meth:`Engine.adecide`) entry points share the same
 core: budget set-up, guards, outcome classification, post steps and the trace are one code path;
 the two differ only in how a tier is invoked (a call, or an ``await`` under a deadline).
+
+Live operation changes nothing on that path either: a reload or a flag change builds a new
+dictionary of plans and swaps it in with one assignment. A request reads the dictionary once, so
+it finishes on the plan it started with.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import asyncio
 import contextlib
 import os
 import random
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from ._breaker import CircuitBreaker
 from ._clock import Clock, SystemClock
@@ -26,19 +33,23 @@ from ._errors import (
     BreakerOpen,
     BulkheadFull,
     GarbageData,
+    PluginError,
     PolicyError,
     PolicyIssue,
     PolicyValidationError,
-    SourceBindingError,
 )
+from ._flag_feed import FlagFeed
+from ._flags import Flags, FlagState, flag_specs, make_feeds
 from ._fleet import FleetSync
+from ._generation import Compiled, Generation
 from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
 from ._plugins import PluginHost
-from ._policy import Policy, PolicySet, load_policies, load_policies_file
-from ._sources import STEP_DEADLINE, SourceFunction, SourceOptions, SourceRuntime
-from ._steps import BuildContext, Guard, PostStep, Step, Tier, source_fields
+from ._policy import Mode, Policy, PolicySet, load_policies
+from ._sources import STEP_DEADLINE, SourceFunction
+from ._steps import Guard, PostStep, Step, Tier
 from ._trace import Decision, Reason, StepRecord, Trace
+from ._watch import FileWatch
 from .events import (
     DECISION,
     ENGINE_BUILT,
@@ -46,9 +57,24 @@ from .events import (
     ENGINE_INTERNAL_ERROR,
     EventSink,
     StructlogSink,
+    register_event,
 )
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "ReloadResult"]
+
+POLICY_RELOADED = register_event(
+    "resilience.policy.reloaded",
+    "warning",
+    "A new policy set is running; fields: file, version, previous_version, versions, changed "
+    "(policies added, changed or removed), kept_sources.",
+)
+RELOAD_FAILED = register_event(
+    "resilience.policy.reload_failed",
+    "error",
+    "A policy change was refused; the last good policies keep running; fields: file, "
+    "running_version, problems (count), errors (the first 20, each 'file:line:col: path: "
+    "what (how to fix)').",
+)
 
 _OK = Outcome.OK
 _MISS = Outcome.MISS
@@ -59,31 +85,114 @@ _SKIPPED = Outcome.SKIPPED_BUDGET
 _DISABLED = Outcome.DISABLED
 _BREAKER_OPEN = Outcome.BREAKER_OPEN
 _REJECTED = Outcome.REJECTED
+_SHADOW = Outcome.SHADOW
+
+#: Seconds a replaced generation is kept before what it alone held is closed: requests still
+#: running on it finish first (a request is bounded by its budget; a sync source that overruns
+#: it is what the grace leaves room for).
+RETIRE_AFTER = 5.0
+
+
+class ReloadResult(NamedTuple):
+    """What :meth:`Engine.reload` did.
+
+    Attributes:
+        ok: the new policies are running.
+        version: the version of the policy set running now (the old one when ``ok`` is false).
+        versions: policy name -> config version, of what is running now.
+        changed: the policies added, changed or removed (empty when refused or identical).
+        issues: why the change was refused, each with its place in the file.
+    """
+
+    ok: bool
+    version: str
+    versions: dict[str, str]
+    changed: tuple[str, ...] = ()
+    issues: tuple[PolicyIssue, ...] = ()
 
 
 class _Plan:
-    """One policy, compiled: its steps as built objects, in execution order."""
+    """One policy as requests run it: its built steps, with the flags of the moment applied.
 
-    __slots__ = ("budget", "guards", "name", "observers", "post", "terminal", "tiers", "version")
+    Made anew (from existing step objects: cheap) on every flag change and reload.
+    """
 
-    def __init__(
-        self,
-        policy: Policy,
-        guards: tuple[Guard, ...],
-        tiers: tuple[Tier, ...],
-        post: tuple[PostStep, ...],
-    ) -> None:
+    __slots__ = (
+        "budget",
+        "guards",
+        "name",
+        "observers",
+        "post",
+        "preset",
+        "primary",
+        "reason",
+        "shadow",
+        "shadow_guards",
+        "terminal",
+        "tiers",
+        "version",
+    )
+
+    def __init__(self, compiled: Compiled, flags: Mapping[str, FlagState]) -> None:
+        policy = compiled.policy
         self.name = policy.name
         self.version = policy.version
         self.budget = policy.budget
-        self.guards = guards
-        self.tiers = tiers
-        self.terminal = tiers[-1:]
-        self.post = post
-        # Only steps that override Step.observe are told of each decision.
+        self.terminal: tuple[Tier, ...] = compiled.tiers[-1:]
+
+        def mode(key: str, declared: Mode) -> tuple[Mode, str]:
+            state = flags.get(key)
+            if state is None:
+                return declared, "policy"
+            return state.value, state.source if state.source == "policy" else f"flag:{state.source}"
+
+        policy_mode, _ = mode(policy.name, policy.mode)
+        self.shadow = policy_mode is Mode.SHADOW
+        preset: list[StepRecord] = []
+        guards: list[Guard] = []
+        shadow_guards: list[Guard] = []
+        tiers: list[Tier] = []
+        post: list[tuple[PostStep, bool]] = []
+        if policy_mode is Mode.OFF:
+            self.reason: Reason | None = Reason.SWITCHED_OFF
+            tiers = list(self.terminal)
+        else:
+            self.reason = None
+            terminal = self.terminal[0] if self.terminal else None
+
+            def keep(spec_mode: Mode, step: Step) -> Mode:
+                if step is terminal:
+                    return Mode.ON
+                found, origin = mode(f"{policy.name}.{step.step_id}", spec_mode)
+                if found is Mode.OFF:
+                    preset.append(StepRecord(step.step_id, Outcome.SWITCHED_OFF, 0, origin))
+                return found
+
+            for spec, guard in zip(policy.guards, compiled.guards, strict=True):
+                found = keep(spec.mode, guard)
+                if found is not Mode.OFF:
+                    guards.append(guard)
+                    if found is Mode.SHADOW:
+                        shadow_guards.append(guard)
+            for spec, tier in zip(policy.chain, compiled.tiers, strict=True):
+                if keep(spec.mode, tier) is not Mode.OFF:
+                    tiers.append(tier)
+            for spec, step in zip(policy.post, compiled.post, strict=True):
+                found = keep(spec.mode, step)
+                if found is not Mode.OFF:
+                    post.append((step, found is Mode.SHADOW))
+        self.preset = tuple(preset)
+        self.guards = tuple(guards)
+        self.shadow_guards = frozenset(shadow_guards)
+        self.tiers = tuple(tiers)
+        self.post = tuple(post)
+        first = compiled.tiers[0] if compiled.tiers else None
+        # The first declared tier; a switched-off one makes every answer a fallback.
+        self.primary = first if first in self.tiers else None
+        # Only steps that run and override Step.observe are told of each decision.
         self.observers: tuple[Callable[[Trace], None], ...] = tuple(
             step.observe
-            for step in (*guards, *tiers, *post)
+            for step in (*self.guards, *self.tiers, *(s for s, _ in self.post))
             if type(step).observe is not Step.observe
         )
 
@@ -147,6 +256,10 @@ class Engine:
         clock: the clocks; :class:`SystemClock` by default.
         events: where events go; structlog (as the application configured it) by default.
         seed: seeds the decision-event sampler, for reproducible runs.
+        flag_feeds: flag sources to use instead of those ``settings.flags`` declares (tests,
+            or a source of the application's own); ``flags.set()`` works either way.
+        retire_after: seconds a generation replaced by a reload is kept before what it alone
+            held is closed, so that requests still running on it finish first.
 
     Raises:
         SourceBindingError: a policy names a source that ``sources`` does not bind.
@@ -161,38 +274,45 @@ class Engine:
         clock: Clock | None = None,
         events: EventSink | None = None,
         seed: int | None = None,
+        flag_feeds: Sequence[FlagFeed] | None = None,
+        retire_after: float = RETIRE_AFTER,
     ) -> None:
         self.policies = policies
+        self._retire_after = retire_after
         self._clock = clock or SystemClock()
         self._now: Callable[[], float] = self._clock.monotonic
         self._events = events or StructlogSink()
-        self._shared: dict[object, Any] = {}
-        self._steps: list[Step] = []
+        self._bindings = dict(sources or {})
         self._closed = False
-        bound = self._bind(policies, sources or {})
-        self._sources = bound
-        self._fleet: FleetSync | None = None
-        self._plans: dict[str, _Plan] = {}
-        try:
-            for policy in policies.policies.values():
-                self._plans[policy.name] = self._compile(policy, bound)
-            self._verify()
-        except BaseException:
-            self._release()
-            raise
-        self._default = policies.default_policy
-        self._start_fleet()
-        self._sample_rate = policies.settings.events.decision_sample_rate
-        monitoring = policies.settings.monitoring
-        self._monitor_rate = monitoring.sample_rate
-        self._draws = self._sample_rate > 0 or self._monitor_rate > 0
+        # Every change to plans, flags or the running generation happens under this lock;
+        # requests never take it.
+        self._lock = threading.RLock()
+        self._reloading = threading.Lock()
+        self._retiring: list[tuple[Generation, threading.Timer | None]] = []
+        self._watch: FileWatch | None = None
+        self._given_feeds = flag_feeds
+        self._generation = Generation(policies, self._bindings, self._clock, self._events)
         self._random = random.Random(seed).random
         #: rolling diversity and CTR aggregates of this engine's served lists
-        self.monitor = DiversityMonitor(monitoring, self._clock.monotonic, self._clock.wall)
+        self.monitor = DiversityMonitor(
+            policies.settings.monitoring, self._clock.monotonic, self._clock.wall
+        )
+        self._settle(policies)
+        #: the engine's kill switches and flags: ``flags.set("search", "off", reason=...)``
+        self.flags = Flags(
+            flag_specs(policies), self._events, self._clock.wall, self._replan, self._lock
+        )
+        self._plans: dict[str, _Plan] = self._plan(self._generation)
+        try:
+            self.flags.start(self._feeds(policies))
+        except BaseException:
+            self.flags.stop()
+            self._generation.retire(None)
+            raise
         self._events.emit(
             ENGINE_BUILT,
-            policies=list(self._plans),
-            versions={name: plan.version for name, plan in self._plans.items()},
+            policies=self.policy_names,
+            versions={name: plan.version for name, plan in self._plans.items() if name},
         )
 
     # --- construction -------------------------------------------------------------------------
@@ -217,187 +337,265 @@ class Engine:
         sources: Mapping[str, SourceFunction] | None = None,
         *,
         plugins: PluginHost | None = None,
+        watch: bool = False,
         **options: Any,
     ) -> Engine:
-        """Validate the file at ``path`` and build an engine from it."""
-        events = options.get("events")
-        return cls(load_policies_file(path, plugins=plugins, events=events), sources, **options)
+        """Validate the file at ``path`` and build an engine from it.
 
-    def _bind(
-        self, policies: PolicySet, sources: Mapping[str, SourceFunction]
-    ) -> dict[str, SourceRuntime]:
-        issues: list[PolicyIssue] = []
-        bound: dict[str, SourceRuntime] = {}
-        for policy in policies.policies.values():
-            for spec in policy.steps():
-                for field_name, source in source_fields(spec.params):
-                    if source in bound:
-                        continue
-                    options = policies.source_options(source)
-                    target = sources.get(source)
-                    if options.redis is not None:
-                        problem = self._from_policy(source, options, target, bound)
-                        if problem:
-                            issues.append(
-                                PolicyIssue(
-                                    policies.file,
-                                    spec.line,
-                                    spec.column,
-                                    f"{spec.path}.{field_name}",
-                                    problem[0],
-                                    problem[1],
-                                )
-                            )
-                        continue
-                    if target is None:
-                        known = ", ".join(sorted(sources)) or "none"
-                        issues.append(
-                            PolicyIssue(
-                                policies.file,
-                                spec.line,
-                                spec.column,
-                                f"{spec.path}.{field_name}",
-                                f"source {source!r} is not bound",
-                                f"pass sources={{{source!r}: ...}} when building the engine "
-                                f"(bound: {known})",
-                            )
-                        )
-                        continue
-                    try:
-                        bound[source] = SourceRuntime(
-                            source,
-                            target,
-                            policies.source_options(source),
-                            self._clock,
-                            self._events,
-                        )
-                    except TypeError as exc:
-                        issues.append(
-                            PolicyIssue(
-                                policies.file,
-                                spec.line,
-                                spec.column,
-                                f"{spec.path}.{field_name}",
-                                str(exc),
-                                "bind a callable",
-                            )
-                        )
-        if issues:
-            # One source missing in several steps is reported once per step.
-            raise SourceBindingError(issues)
-        return bound
-
-    def _from_policy(
-        self,
-        name: str,
-        options: SourceOptions,
-        target: SourceFunction | None,
-        bound: dict[str, SourceRuntime],
-    ) -> tuple[str, str] | None:
-        """Make a source the policy declares in full; returns a problem and its fix, if any."""
-        if target is not None:
-            return (
-                f"source {name!r} is declared with redis: in the policy and also bound in code",
-                "bind nothing under this name: connection settings belong in the policy",
-            )
+        Args:
+            watch: keep watching the file and reload it when it changes (see :meth:`watch`).
+        """
+        name = os.fspath(path)
         try:
-            bound[name] = SourceRuntime.from_policy(name, options, self._clock, self._events)
-        except (ValueError, ImportError) as exc:
-            return (
-                f"source {name!r} could not be made: {exc}",
-                "check sources.<name>.redis, its environment variables, and that the "
-                "redis extra is installed",
-            )
-        return None
-
-    def _compile(self, policy: Policy, bound: dict[str, SourceRuntime]) -> _Plan:
-        kinds = {spec.step_id: spec.type.kind for spec in policy.steps()}
-
-        def build(spec: Any) -> Any:
-            context = BuildContext(
-                policy=policy.name,
-                step_id=spec.step_id,
-                steps=kinds,
-                clock=self._clock,
-                events=self._events,
-                sources=bound,
-                shared=self._shared,
-            )
-            try:
-                step = spec.type(spec.params, context)
-            except Exception as exc:
-                raise PolicyValidationError(
-                    [
-                        PolicyIssue(
-                            self.policies.file,
-                            spec.line,
-                            spec.column,
-                            spec.path,
-                            f"step {spec.step_id!r} could not be built: "
-                            f"{type(exc).__name__}: {exc}",
-                            f"check its parameters, or report it to the plugin "
-                            f"{self.policies.plugins.origin(spec.type.name)!r}",
-                        )
-                    ]
-                ) from exc
-            if isinstance(step, Tier):
-                requested = context.requested
-                step.awaits = step.awaits or any(source.awaits for source in requested)
-                step.async_only = step.async_only or any(s.is_async for s in requested)
-            self._steps.append(step)
-            return step
-
-        return _Plan(
-            policy,
-            tuple(build(s) for s in policy.guards),
-            tuple(build(s) for s in policy.chain),
-            tuple(build(s) for s in policy.post),
-        )
-
-    def _start_fleet(self) -> None:
-        shared = [
-            (runtime.breaker, runtime.breaker.options.fleet)
-            for runtime in self._sources.values()
-            if runtime.breaker is not None and runtime.breaker.options.fleet is not None
-        ]
-        if not shared:
-            return
-        try:
-            self._fleet = FleetSync(shared, self._clock.wall, self._events).start()
-        except (ValueError, ImportError) as exc:
-            self._release()
+            data = Path(name).read_bytes()
+        except OSError as exc:
             raise PolicyValidationError(
                 [
                     PolicyIssue(
-                        self.policies.file,
+                        name,
                         0,
                         0,
-                        "sources.*.breaker.fleet",
-                        f"the fleet's Redis could not be set up: {exc}",
-                        "check breaker.fleet url/url_env and that the redis extra is installed",
+                        "",
+                        f"cannot read the file: {exc.strerror or exc}",
+                        "check the path and its permissions",
                     )
                 ]
             ) from exc
+        events = options.get("events")
+        engine = cls(
+            load_policies(data, file=name, plugins=plugins, events=events), sources, **options
+        )
+        if watch:
+            engine.watch(initial=data)
+        return engine
 
-    @property
-    def fleet(self) -> FleetSync | None:
-        """The background exchange of fleet breakers, if any breaker declares ``fleet:``."""
-        return self._fleet
+    def _settle(self, policies: PolicySet) -> None:
+        """Take the engine-wide settings of ``policies`` (event sampling, monitoring)."""
+        self._sample_rate = policies.settings.events.decision_sample_rate
+        monitoring = policies.settings.monitoring
+        self._monitor_rate = monitoring.sample_rate
+        self._draws = self._sample_rate > 0 or self._monitor_rate > 0
+        if monitoring != self.monitor.settings:
+            self.monitor = DiversityMonitor(monitoring, self._clock.monotonic, self._clock.wall)
 
-    def _verify(self) -> None:
-        issues: list[PolicyIssue] = []
-        for policy in self.policies.policies.values():
-            plan = self._plans[policy.name]
-            for spec, step in zip(
-                policy.steps(), plan.guards + plan.tiers + plan.post, strict=True
-            ):
-                problem = step.verify()
-                if problem:
-                    issues.append(
-                        PolicyIssue(self.policies.file, spec.line, spec.column, spec.path, problem)
-                    )
-        if issues:
-            raise PolicyValidationError(issues)
+    def _feeds(self, policies: PolicySet) -> list[FlagFeed]:
+        if self._given_feeds is not None:
+            return list(self._given_feeds)
+        return make_feeds(policies.settings.flags, policies.file)
+
+    def _plan(self, generation: Generation) -> dict[str, _Plan]:
+        states = {state.key: state for state in self.flags.states()}
+        plans = {name: _Plan(compiled, states) for name, compiled in generation.compiled.items()}
+        default = generation.policies.default_policy
+        if default is not None:
+            plans[""] = plans[default]  # a request that names no policy: one lookup, no branch
+        return plans
+
+    def _replan(self) -> None:
+        """Apply the flags of the moment (the flag board calls this, under the lock)."""
+        if not self._closed:
+            self._plans = self._plan(self._generation)
+
+    # --- live operation -------------------------------------------------------------------------
+
+    def reload(self, text: str | bytes | None = None, *, file: str | None = None) -> ReloadResult:
+        """Validate a new policy document and, if it is valid in full, switch to it. Never raises.
+
+        The new policies are built beside the running ones; an invalid document, or one whose
+        steps cannot be built, changes nothing (the event ``resilience.policy.reload_failed``
+        lists the problems). Requests in flight finish on the plans they started with. What is
+        unchanged carries over (see :mod:`resilience._generation`): breakers of unchanged
+        sources, caches, the windows of unchanged guards, the flags.
+
+        Args:
+            text: the new YAML; by default the engine's policy file is read again.
+            file: the name to report problems under (the engine's policy file by default).
+        """
+        with self._reloading:
+            try:
+                return self._reload(text, file or self.policies.file)
+            except Exception as exc:  # a bug of ours must not cost the running policies
+                issue = PolicyIssue(
+                    file or self.policies.file,
+                    0,
+                    0,
+                    "",
+                    f"the reload failed unexpectedly: {type(exc).__name__}: {exc}",
+                    "report it; the running policies are unchanged",
+                )
+                return self._refused(issue.file, [issue])
+
+    def _reload(self, text: str | bytes | None, file: str) -> ReloadResult:
+        if self._closed:
+            return self._refused(
+                file, [PolicyIssue(file, 0, 0, "", "the engine is closed", "build a new one")]
+            )
+        if text is None:
+            try:
+                text = Path(file).read_bytes()
+            except OSError as exc:
+                return self._refused(
+                    file,
+                    [
+                        PolicyIssue(
+                            file,
+                            0,
+                            0,
+                            "",
+                            f"cannot read the file: {exc.strerror or exc}",
+                            "check the path and its permissions",
+                        )
+                    ],
+                )
+        running = self.policies
+        try:
+            policies = load_policies(text, file=file, plugins=running.plugins, events=self._events)
+            if policies.settings.plugins != running.settings.plugins:
+                # Another plugin allowlist: resolve the step types with a host of its own.
+                policies = load_policies(text, file=file, events=self._events)
+        except PolicyValidationError as exc:
+            return self._refused(file, exc.issues)
+        except PluginError as exc:
+            return self._refused(
+                file, [PolicyIssue(file, 0, 0, "settings.plugins", str(exc), "fix the plugin")]
+            )
+        if policies.version == running.version:
+            return ReloadResult(True, running.version, self.versions())
+        previous = self._generation
+        try:
+            generation = Generation(policies, self._bindings, self._clock, self._events, previous)
+        except PolicyValidationError as exc:  # SourceBindingError included
+            return self._refused(file, exc.issues)
+        feeds_changed = (
+            self._given_feeds is None and policies.settings.flags != running.settings.flags
+        )
+        try:
+            feeds = self._feeds(policies) if feeds_changed else []
+        except PolicyValidationError as exc:
+            generation.release_new(previous)
+            return self._refused(file, exc.issues)
+        with self._lock:
+            if self._closed:
+                generation.release_new(previous)
+                return self._refused(
+                    file, [PolicyIssue(file, 0, 0, "", "the engine is closed", "build a new one")]
+                )
+            self.policies = policies
+            self._generation = generation
+            self._settle(policies)
+            self.flags.respec(flag_specs(policies))
+            self._plans = self._plan(generation)
+        if feeds_changed:
+            self.flags.replace(feeds)
+        self._retire(previous, generation)
+        changed = tuple(
+            sorted(
+                name
+                for name in {*running.policies, *policies.policies}
+                if (running.policies.get(name) or _NO_POLICY).version
+                != (policies.policies.get(name) or _NO_POLICY).version
+            )
+        )
+        kept = sorted(
+            name
+            for name, runtime in generation.sources.items()
+            if previous.sources.get(name) is runtime
+        )
+        self._emit(
+            POLICY_RELOADED,
+            file=file,
+            version=policies.version,
+            previous_version=running.version,
+            versions=self.versions(),
+            changed=list(changed),
+            kept_sources=kept,
+        )
+        return ReloadResult(True, policies.version, self.versions(), changed)
+
+    def _refused(self, file: str, issues: Sequence[PolicyIssue]) -> ReloadResult:
+        self._emit(
+            RELOAD_FAILED,
+            file=file,
+            running_version=self.policies.version,
+            problems=len(issues),
+            errors=[str(issue) for issue in issues[:20]],
+        )
+        return ReloadResult(False, self.policies.version, self.versions(), (), tuple(issues))
+
+    def _retire(self, old: Generation, successor: Generation) -> None:
+        """Close what only ``old`` held, once requests still running on it have finished."""
+        timer = threading.Timer(self._retire_after, self._retired, (old, successor))
+        timer.daemon = True
+        with self._lock:
+            self._retiring.append((old, timer))
+        timer.start()
+
+    def _retired(self, old: Generation, successor: Generation) -> None:
+        with self._lock:
+            self._retiring = [(g, t) for g, t in self._retiring if g is not old]
+        # What the successor took over stays; the successor may itself have been replaced
+        # since, but it keeps what it took until its own retirement.
+        old.retire(successor)
+
+    def watch(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        initial: bytes | None = None,
+        debounce: float = 0.05,
+        poll_every: float | None = 5.0,
+    ) -> None:
+        """Reload the policy file whenever it changes, until :meth:`close`.
+
+        Uses the operating system's file events (inotify on Linux) on the file's directory, so
+        in-place writes, atomic renames and the symlink swap of a Kubernetes ConfigMap are all
+        seen; every ``poll_every`` seconds the file is also compared by content, in case an
+        event was missed. Each change goes through :meth:`reload`: an invalid one is refused
+        (``resilience.policy.reload_failed``) and the watch goes on.
+
+        Args:
+            path: the file; the one the engine was built from by default.
+            initial: the bytes the running policies were read from, so that a change made
+                before the watch started is not missed (:meth:`from_file` passes them).
+            debounce: seconds to wait after an event for the writes that follow it.
+            poll_every: seconds between content checks; ``None`` for events only.
+
+        Raises:
+            PolicyError: the engine is closed, or already watching.
+        """
+        with self._lock:
+            if self._closed:
+                raise PolicyError("the engine is closed")
+            if self._watch is not None:
+                raise PolicyError("the engine is already watching its policy file")
+            name = os.fspath(path) if path is not None else self.policies.file
+
+            def changed(data: bytes) -> None:
+                self.reload(data, file=name)
+
+            def unreadable(exc: OSError) -> None:
+                issue = PolicyIssue(
+                    name,
+                    0,
+                    0,
+                    "",
+                    f"cannot read the file: {exc.strerror or exc}",
+                    "check the path, its mount and permissions; the watch goes on",
+                )
+                self._refused(name, [issue])
+
+            self._watch = FileWatch(
+                name,
+                changed,
+                on_error=unreadable,
+                debounce=debounce,
+                poll_every=poll_every,
+                name="resilience-policy",
+            ).start(initial)
+
+    def versions(self) -> dict[str, str]:
+        """Policy name -> the config version running now."""
+        return {name: plan.version for name, plan in self._plans.items() if name}
 
     # --- the per-request path -------------------------------------------------------------------
 
@@ -408,7 +606,7 @@ class Engine:
         """
         try:
             start = self._now()
-            plan = self._plans.get(request.policy or self._default or "")
+            plan = self._plans.get(request.policy or "")
             if plan is None or self._closed:
                 return self._no_plan(request, start, plan)
             deadline, records, tiers, reason = self._begin(plan, request, start)
@@ -442,7 +640,7 @@ class Engine:
         """
         try:
             start = self._now()
-            plan = self._plans.get(request.policy or self._default or "")
+            plan = self._plans.get(request.policy or "")
             if plan is None or self._closed:
                 return self._no_plan(request, start, plan)
             deadline, records, tiers, reason = self._begin(plan, request, start)
@@ -523,9 +721,9 @@ class Engine:
         if time_left is not None and not time_left >= budget:  # NaN counts as nothing left
             budget = time_left if time_left > 0.0 else 0.0
         deadline = start + budget
-        records: list[StepRecord] = []
+        records: list[StepRecord] = list(plan.preset) if plan.preset else []
         if not plan.guards:
-            return deadline, records, plan.tiers, None
+            return deadline, records, plan.tiers, plan.reason
         now = self._now
         for guard in plan.guards:
             t0 = now()
@@ -544,6 +742,8 @@ class Engine:
             elapsed = int((now() - t0) * 1e6 + 0.5)
             if verdict is None:
                 records.append(StepRecord(guard.step_id, _OK, elapsed))
+            elif guard in plan.shadow_guards:  # would have switched it off: say so, go on
+                records.append(StepRecord(guard.step_id, _SHADOW, elapsed, str(verdict)))
             else:
                 records.append(StepRecord(guard.step_id, _DISABLED, elapsed, str(verdict)))
                 return deadline, records, plan.terminal, Reason.GUARD
@@ -564,7 +764,7 @@ class Engine:
         if served is None or served.terminal:
             signals = None
         if reason is None:
-            if served is plan.tiers[0]:
+            if served is plan.primary:
                 reason = Reason.PRIMARY
             elif any(r.outcome is _SKIPPED for r in records):
                 reason = Reason.BUDGET
@@ -577,6 +777,9 @@ class Engine:
         draw = self._random() if self._draws else 1.0  # one draw samples events and lists
         served_id = served.step_id if served is not None else ""
         sampled = draw < self._monitor_rate
+        shadow = plan.shadow
+        if shadow:  # the trace says what the policy would have done; the answer applies none of it
+            signals, candidates = None, request.candidates
         trace = Trace(
             plan.name,
             plan.version,
@@ -587,6 +790,7 @@ class Engine:
             int((deadline - start) * 1e6 + 0.5),
             int((now - start) * 1e6 + 0.5),
             sampled,
+            shadow,
         )
         for observe in plan.observers:
             try:
@@ -594,7 +798,9 @@ class Engine:
             except Exception as exc:  # an observer's bug must not cost the answer
                 self._observer_failed(plan, exc)
         if sampled:
-            self.monitor.measure(plan.name, served_id, candidates, request.candidates)
+            self.monitor.measure(
+                plan.name, "" if shadow else served_id, candidates, request.candidates
+            )
         if draw < self._sample_rate:
             self._emit_decision(trace)
         return Decision(signals, candidates, trace)
@@ -617,7 +823,7 @@ class Engine:
         records: list[StepRecord],
     ) -> Sequence[Candidate]:
         now = self._now
-        for step in plan.post:
+        for step, shadow in plan.post:
             t0 = now()
             if t0 >= deadline:
                 records.append(StepRecord(step.step_id, _SKIPPED, 0))
@@ -639,6 +845,8 @@ class Engine:
                 records.append(
                     StepRecord(step.step_id, _GARBAGE, elapsed, f"returned {type(result).__name__}")
                 )
+            elif shadow:
+                records.append(_would_rerank(step.step_id, elapsed, candidates, result))
             else:
                 records.append(StepRecord(step.step_id, _OK, elapsed))
                 candidates = result
@@ -648,7 +856,7 @@ class Engine:
 
     def _no_plan(self, request: RequestContext, start: float, plan: _Plan | None) -> Decision:
         reason = Reason.CLOSED if self._closed else Reason.UNKNOWN_POLICY
-        name = request.policy or self._default or ""
+        name = request.policy or self.policies.default_policy or ""
         trace = Trace(
             name,
             plan.version if plan is not None else "",
@@ -663,7 +871,7 @@ class Engine:
 
     def _internal_error(self, request: object, exc: Exception) -> Decision:
         # The request itself may be what is broken: read it defensively.
-        name = getattr(request, "policy", None) or self._default or ""
+        name = getattr(request, "policy", None) or self.policies.default_policy or ""
         if not isinstance(name, str):
             name = repr(name)
         with contextlib.suppress(Exception):  # a broken sink must not turn a bug into a crash
@@ -701,8 +909,13 @@ class Engine:
 
     @property
     def policy_names(self) -> list[str]:
-        """The names of the compiled policies."""
-        return list(self._plans)
+        """The names of the running policies."""
+        return [name for name in self._plans if name]
+
+    @property
+    def fleet(self) -> FleetSync | None:
+        """The background exchange of fleet breakers, if any breaker declares ``fleet:``."""
+        return self._generation.fleet
 
     def record_click(self, trace: Trace) -> None:
         """Report a click on the list a decision served, for CTR beside diversity.
@@ -719,9 +932,10 @@ class Engine:
         Raises:
             PolicyError: the source has no breaker declared, or no such source is bound.
         """
-        runtime = self._sources.get(source)
+        sources = self._generation.sources
+        runtime = sources.get(source)
         if runtime is None or runtime.breaker is None:
-            with_breakers = sorted(n for n, r in self._sources.items() if r.breaker is not None)
+            with_breakers = sorted(n for n, r in sources.items() if r.breaker is not None)
             raise PolicyError(
                 f"source {source!r} has no breaker (sources with one: {with_breakers or 'none'})"
             )
@@ -730,7 +944,7 @@ class Engine:
     def source_stats(self) -> dict[str, dict[str, object]]:
         """Per source: its breaker's snapshot and its bulkhead's counters, where declared."""
         stats: dict[str, dict[str, object]] = {}
-        for name, runtime in self._sources.items():
+        for name, runtime in self._generation.sources.items():
             entry: dict[str, object] = {"isolation": runtime.options.isolation}
             if runtime.breaker is not None:
                 entry["breaker"] = runtime.breaker.snapshot()._asdict()
@@ -741,50 +955,57 @@ class Engine:
 
     def config_version(self, policy: str | None = None) -> str:
         """The config version of ``policy`` (the default policy if ``None``)."""
-        name = policy or self._default
-        if name is None or name not in self._plans:
-            raise PolicyError(f"no policy named {name!r}")
-        return self._plans[name].version
+        plan = self._plans.get(policy or "")
+        if plan is None:
+            raise PolicyError(f"no policy named {policy or self.policies.default_policy!r}")
+        return plan.version
 
     def close(self) -> None:
-        """Release what the engine holds (its steps and their shared state). Idempotent.
+        """Release what the engine holds: its steps and their shared state, its watcher and
+        flag sources, and generations a reload replaced. Idempotent.
 
         Decisions after ``close()`` answer un-personalized with reason ``closed``. Sources bound
         in code are the caller's and are not closed; sources the engine made from the policy
         (Redis) are, and the fleet exchange stops.
         """
-        if self._closed:
+        retiring = self._shut()
+        if retiring is None:
             return
-        self._closed = True
-        self._release()
-        self._events.emit(ENGINE_CLOSED, policies=list(self._plans))
+        for old in retiring:
+            old.retire(self._generation)
+        self._generation.retire(None)
+        self._events.emit(ENGINE_CLOSED, policies=self.policy_names)
 
     async def aclose(self) -> None:
         """The asyncio form of :meth:`close`; also closes the asyncio connections of sources the
         engine made itself (Redis)."""
-        if self._closed:
+        retiring = self._shut()
+        if retiring is None:
             return
-        for runtime in self._sources.values():
-            with contextlib.suppress(Exception):
-                await runtime.aclose()
-        self.close()
+        for old in retiring:
+            await old.aretire(self._generation)
+        await self._generation.aretire(None)
+        self._events.emit(ENGINE_CLOSED, policies=self.policy_names)
 
-    def _release(self) -> None:
-        fleet = getattr(self, "_fleet", None)
-        if fleet is not None:
-            fleet.stop()
-        for step in self._steps:
-            with contextlib.suppress(Exception):
-                step.close()
-        for runtime in getattr(self, "_sources", {}).values():
-            with contextlib.suppress(Exception):
-                runtime.close()
-        for obj in self._shared.values():
-            closer = getattr(obj, "close", None)
-            if callable(closer):
-                with contextlib.suppress(Exception):
-                    closer()
-        self._shared.clear()
+    def _shut(self) -> list[Generation] | None:
+        """Stop everything that runs in the background; ``None`` if already closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            self._closed = True
+            watch, self._watch = self._watch, None
+            retiring, self._retiring = self._retiring, []
+        if watch is not None:
+            watch.stop()
+        self.flags.stop()
+        for _, timer in retiring:
+            if timer is not None:
+                timer.cancel()
+        return [old for old, _ in retiring]
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._events.emit(event, **fields)
 
     def __enter__(self) -> Self:
         return self
@@ -807,3 +1028,17 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _would_rerank(
+    step: str, elapsed: int, before: Sequence[Candidate], after: Sequence[Candidate]
+) -> StepRecord:
+    """The record of a post step in shadow: what its list would have changed."""
+    moved = sum(1 for a, b in zip(before, after, strict=False) if a.item_id != b.item_id)
+    moved += abs(len(before) - len(after))
+    if not moved:
+        return StepRecord(step, _OK, elapsed, "shadow: no change")
+    return StepRecord(step, _SHADOW, elapsed, f"would change {moved} of {len(before)} positions")
+
+
+_NO_POLICY = Policy("", "", 0.0, (), (), ())

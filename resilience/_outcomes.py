@@ -38,6 +38,13 @@ class Outcome(StrEnum):
     ``disabled``
         Not tried or not applied: switched off by a guard, a kill switch or a flag. For a guard,
         ``disabled`` means the guard tripped and switched personalization off for this request.
+    ``switched_off``
+        Not run: the step is switched off, by a flag or by its ``mode: off`` in the policy. The
+        detail names where the switch came from (``flag:redis``, ``policy``...).
+    ``shadow``
+        Ran in shadow mode and would have acted: a guard would have switched personalization
+        off, a post step would have re-ranked. Nothing was changed; the detail says what it
+        would have done. A shadow step that would have done nothing records ``ok``.
     """
 
     OK = "ok"
@@ -49,6 +56,8 @@ class Outcome(StrEnum):
     BREAKER_OPEN = "breaker_open"
     REJECTED = "rejected"
     DISABLED = "disabled"
+    SWITCHED_OFF = "switched_off"
+    SHADOW = "shadow"
 
 
 #: Outcomes that count as a failure of the step (for breakers and error rates).

@@ -36,6 +36,10 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 StepType = type[Step]
 
 
+#: Keys of a step declaration that belong to the engine, not to a step type's parameters.
+RESERVED_KEYS = frozenset({"type", "id", "mode"})
+
+
 class PluginHost:
     """The loaded plugins and the step types they contribute.
 
@@ -131,6 +135,13 @@ class PluginHost:
                 f"step type {name!r} has Params {params!r}; it must subclass "
                 f"resilience.{needed.__name__} (which rejects unknown keys"
                 f"{' and declares the timeout' if needed is TierParams else ''})",
+            )
+        taken = sorted(RESERVED_KEYS & set(params.model_fields))
+        if taken:
+            raise PluginError(
+                plugin,
+                f"step type {name!r} declares the parameter(s) {', '.join(taken)}, which every "
+                f"step has already (reserved: {', '.join(sorted(RESERVED_KEYS))}); rename them",
             )
         if name in self.step_types:
             other = self._origin[name]

@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path as FilePath
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._diversity import MonitoringSettings
 from ._durations import FROM_DOCUMENT, Duration, format_duration
 from ._errors import PolicyIssue, PolicyValidationError
+from ._flag_settings import FlagSettings
 from ._plugins import PluginHost, StepType
 from ._sources import SourceOptions
 from ._steps import StepKind, StepParams, TierParams, source_fields
@@ -32,6 +34,7 @@ from .events import POLICY_LOADED, EventSink, NullSink
 __all__ = [
     "FORMAT_VERSION",
     "EventSettings",
+    "Mode",
     "PluginSettings",
     "Policy",
     "PolicySet",
@@ -52,6 +55,22 @@ _SECTIONS: tuple[tuple[str, StepKind], ...] = (
     ("chain", StepKind.TIER),
     ("post", StepKind.POST),
 )
+
+
+class Mode(StrEnum):
+    """Whether a policy or a step acts. Declared as ``mode:`` in the policy (the default a
+    flag falls back to) and set at run time by flags."""
+
+    ON = "on"  # it runs and acts
+    OFF = "off"  # it does not run (a policy: only its terminal tier answers)
+    SHADOW = "shadow"  # it runs and records what it would have done, and changes nothing
+
+
+#: The values each kind of switchable thing accepts.
+MODES_OF_POLICY = frozenset(Mode)
+MODES_OF_GUARD = frozenset(Mode)
+MODES_OF_POST = frozenset(Mode)
+MODES_OF_TIER = frozenset({Mode.ON, Mode.OFF})
 
 
 class _Strict(BaseModel):
@@ -88,10 +107,17 @@ class Settings(_Strict):
     plugins: PluginSettings = PluginSettings()
     events: EventSettings = EventSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    flags: FlagSettings = FlagSettings()
 
 
 class _PolicyDecl(_Strict):
     description: str = ""
+    mode: Mode = Field(
+        default=Mode.ON,
+        strict=False,  # the YAML string "off" is the enum member
+        description="on, off (only the terminal tier answers) or shadow (runs, records, "
+        "applies nothing). The default of the flag named after the policy.",
+    )
     budget: Duration = Field(default=0.030, gt=0)
     # Each step is checked by _Checker.step against its own type's model.
     guards: list[Any] = []
@@ -118,6 +144,7 @@ class StepSpec:
         path: where it is in the file, e.g. ``policies.search.chain[0]``.
         line: the line it starts on (1-based).
         column: the column it starts on (1-based).
+        mode: its declared mode (``mode:``), the default of its flag ``<policy>.<id>``.
     """
 
     step_id: str
@@ -126,14 +153,14 @@ class StepSpec:
     path: str
     line: int
     column: int
+    mode: Mode = Mode.ON
 
     def normalized(self) -> dict[str, Any]:
         """The step with every effective parameter, defaults included, as plain data."""
-        return {
-            "type": self.type.name,
-            "id": self.step_id,
-            **self.params.model_dump(mode="json"),
-        }
+        found: dict[str, Any] = {"type": self.type.name, "id": self.step_id}
+        if self.mode is not Mode.ON:  # versions of policies without modes stay as they were
+            found["mode"] = self.mode.value
+        return {**found, **self.params.model_dump(mode="json")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +172,7 @@ class Policy:
         budget: total seconds for guards, chain and post steps.
         guards / chain / post: its steps in execution order.
         version: a hash of its normalized content; appears in every trace.
+        mode: its declared mode, the default of the flag named after it.
     """
 
     name: str
@@ -154,13 +182,16 @@ class Policy:
     chain: tuple[StepSpec, ...]
     post: tuple[StepSpec, ...]
     version: str = ""
+    mode: Mode = Mode.ON
 
     def normalized(self, sources: Mapping[str, SourceOptions] | None = None) -> dict[str, Any]:
         """The policy as plain data with every default filled in (what ``version`` hashes),
         with the protection of each source it reads."""
         used = sorted({name for spec in self.steps() for _, name in source_fields(spec.params)})
         declared = sources or {}
+        found: dict[str, Any] = {} if self.mode is Mode.ON else {"mode": self.mode.value}
         return {
+            **found,
             "budget": format_duration(self.budget),
             "guards": [s.normalized() for s in self.guards],
             "chain": [s.normalized() for s in self.chain],
@@ -429,6 +460,7 @@ class _Checker:
             policy = Policy(
                 name=name,
                 description=str(body.get("description", "")),
+                mode=decl.policies[name].mode if decl else Mode.ON,
                 budget=budget,
                 guards=sections["guards"],
                 chain=sections["chain"],
@@ -491,7 +523,8 @@ class _Checker:
             )
             return None
         ids[step_id] = path
-        params_raw = {k: v for k, v in raw.items() if k not in ("type", "id")}
+        mode = self.step_mode(path, raw, kind, step_type)
+        params_raw = {k: v for k, v in raw.items() if k not in ("type", "id", "mode")}
         try:
             params = step_type.Params.model_validate(params_raw, context=_DOCUMENT)
         except ValidationError as exc:
@@ -500,7 +533,41 @@ class _Checker:
         line, col = self.located.position(path)
         for advice in params.advice():
             self.warnings.append(PolicyIssue(self.file, line, col, format_path(path), advice))
-        return StepSpec(step_id, step_type, params, format_path(path), line, col)
+        if mode is None:
+            return None
+        return StepSpec(step_id, step_type, params, format_path(path), line, col, mode)
+
+    def step_mode(
+        self, path: Path, raw: dict[str, Any], kind: StepKind, step_type: StepType
+    ) -> Mode | None:
+        """The step's ``mode:``, checked against what its kind can do; ``None`` if invalid."""
+        value = raw.get("mode", Mode.ON.value)
+        allowed = MODES_OF_TIER if kind is StepKind.TIER else MODES_OF_GUARD
+        names = ", ".join(sorted(m.value for m in allowed))
+        if not isinstance(value, str) or value not in {m.value for m in Mode}:
+            self.add(
+                (*path, "mode"),
+                f"mode {value!r} is not one of on, off, shadow",
+                f"write one of: {names}",
+            )
+            return None
+        mode = Mode(value)
+        if getattr(step_type, "terminal", False) and mode is not Mode.ON:
+            self.add(
+                (*path, "mode"),
+                f"the terminal tier cannot be switched {mode.value}: it is the path that "
+                "always answers",
+                "remove 'mode:' from it; switch the whole policy off instead",
+            )
+            return None
+        if mode not in allowed:
+            self.add(
+                (*path, "mode"),
+                f"a {kind.value} cannot run in {mode.value} mode",
+                f"write one of: {names}",
+            )
+            return None
+        return mode
 
     def unknown_type(
         self,

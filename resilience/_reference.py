@@ -18,6 +18,9 @@ from pydantic_core import PydanticUndefined
 
 from ._breaker import BreakerOptions
 from ._durations import format_duration
+from ._flag_settings import FlagSettings
+from ._flags_openfeature import OpenFeatureOptions
+from ._flags_redis import RedisFlagOptions
 from ._fleet import FleetOptions
 from ._plugins import PluginHost, StepType
 from ._redis import RedisOptions, SessionFormat
@@ -87,6 +90,9 @@ _OPTION_MODELS: dict[str, type[BaseModel]] = {
     "redis": RedisOptions,
     "redis_format": SessionFormat,
     "fleet": FleetOptions,
+    "flags": FlagSettings,
+    "flags_redis": RedisFlagOptions,
+    "flags_openfeature": OpenFeatureOptions,
 }
 
 

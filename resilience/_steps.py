@@ -134,6 +134,7 @@ class BuildContext:
         events: EventSink,
         sources: dict[str, SourceRuntime],
         shared: dict[object, Any],
+        inherited: Mapping[object, Any] | None = None,
     ) -> None:
         self.policy = policy
         self.step_id = step_id
@@ -142,6 +143,7 @@ class BuildContext:
         self.events = events
         self._sources = sources
         self._shared = shared
+        self._inherited: Mapping[object, Any] = inherited or {}
         self._requested: list[BoundSource] = []
 
     @property
@@ -165,13 +167,27 @@ class BuildContext:
         """An object shared by every step of the engine under ``key``, made on first use.
 
         Steps use it to share state across policies, e.g. the ``session`` tier feeds the stale
-        cache that the ``stale_cache`` tier reads. Shared objects with a ``close()`` method are
-        closed with the engine.
+        cache that the ``stale_cache`` tier reads. It is also how state survives a reload: when
+        the running engine holds an object under ``key``, the new build gets that object (after
+        calling its ``renew()``, if it has one, so that it forgets the old build's wiring). Key
+        the object on whatever must match for its state to stay valid, e.g. the step's
+        parameters. Shared objects with a ``close()`` method are closed when no build uses them
+        any more (the engine closed, or a reload dropped every step that asked for them).
         """
         try:
             found: T = self._shared[key]
         except KeyError:
-            found = self._shared[key] = factory()
+            pass
+        else:
+            return found
+        if key in self._inherited:
+            found = self._inherited[key]
+            renew = getattr(found, "renew", None)
+            if callable(renew):
+                renew()
+        else:
+            found = factory()
+        self._shared[key] = found
         return found
 
 
@@ -214,7 +230,9 @@ class Step:
         """
 
     def close(self) -> None:
-        """Release what the step holds. Called once, when its engine closes."""
+        """Release what the step holds. Called once: when its engine closes, or when a reload
+        replaced it (after requests in flight on it had time to finish). Objects it got from
+        :meth:`BuildContext.shared` are not its to close: they may live on in the next build."""
 
 
 class Tier(Step):

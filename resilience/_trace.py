@@ -18,6 +18,7 @@ class Reason(StrEnum):
     PRIMARY = "primary"  # the first tier of the chain served
     FALLBACK = "fallback"  # an earlier tier did not; a later one served
     GUARD = "guard"  # a guard switched personalization off; the terminal tier served
+    SWITCHED_OFF = "switched_off"  # the policy is switched off (flag or mode); terminal tier only
     BUDGET = "budget"  # the budget ran out before a personalized tier could serve
     UNKNOWN_POLICY = "unknown_policy"  # the request named no known policy (nor is there a default)
     CLOSED = "closed"  # the engine was closed
@@ -55,6 +56,8 @@ class Trace(NamedTuple):
         budget_us: the budget this decision had (the policy's, or less if the caller had less).
         used_us: microseconds the decision took.
         sampled: whether diversity monitoring measured this decision's list.
+        shadow: the policy ran in shadow mode: ``served`` and ``steps`` say what it would have
+            done, and the decision carries no signals and the candidates as given.
     """
 
     policy: str
@@ -67,6 +70,8 @@ class Trace(NamedTuple):
     used_us: int
     #: whether this decision was sampled for diversity monitoring (its clicks then count for CTR)
     sampled: bool = False
+    #: the policy ran in shadow mode: the decision applied nothing of what the trace shows
+    shadow: bool = False
 
     def outcome_of(self, step: str) -> Outcome | None:
         """The outcome of the step with id ``step``, or ``None`` if it was not tried."""
@@ -85,6 +90,7 @@ class Trace(NamedTuple):
             "reason": self.reason.value,
             "budget_us": self.budget_us,
             "used_us": self.used_us,
+            "shadow": self.shadow,
             "steps": [
                 {
                     "step": r.step,
@@ -101,6 +107,8 @@ class Trace(NamedTuple):
             f"{self.policy}@{self.config_version or '-'} served {self.served or 'nothing'} "
             f"({self.reason.value}) in {_ms(self.used_us)} of {_ms(self.budget_us)}"
         )
+        if self.shadow:
+            head = f"[shadow] {head}"
         if not self.steps:
             return head
         parts = []

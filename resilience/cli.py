@@ -1,4 +1,5 @@
-"""The ``resilience`` command: validate and explain policy files, and run the demo.
+"""The ``resilience`` command: validate and explain policy files, run the demo, and read and set
+flags (``resilience flags list|get|set|clear|history``).
 
 Exit codes: 0 success; 1 the policy file (or a plugin it admits) is invalid; 2 usage errors.
 Errors go to stderr as ``FILE:LINE:COL: path: what is wrong (how to fix it)``, never as a
@@ -18,6 +19,7 @@ from ._demo import run_demo
 from ._durations import format_duration
 from ._engine import Engine
 from ._errors import PluginError, PolicyValidationError
+from ._flags_cli import add_flags_command
 from ._policy import PolicySet, StepSpec, load_policies_file
 from .events import NullSink
 
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("path", nargs="?", default=DEFAULT_PATH, help="default: %(default)s")
     demo.set_defaults(run=_demo)
+    add_flags_command(commands, DEFAULT_PATH)
     return parser
 
 

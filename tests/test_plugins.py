@@ -237,7 +237,7 @@ def test_a_failing_post_step_leaves_the_previous_list(
     mode: str,
     outcome: Outcome,
 ) -> None:
-    post = f"[{{type: by_category, id: broken, mode: {mode}}}, by_category]"
+    post = f"[{{type: by_category, id: broken, fault: {mode}}}, by_category]"
     engine = make_engine(policy(post=post), stores.sync(), plugins=plugin_host)
     decision = engine.decide(RequestContext(user_id="u1", candidates=CANDIDATES))
     assert decision.trace.outcome_of("broken") is outcome

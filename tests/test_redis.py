@@ -175,7 +175,7 @@ def test_millisecond_times_and_other_field_names(server: RedisServer) -> None:
 
 def test_client_retries_are_off_and_failed_connects_free_their_slot(server: RedisServer) -> None:
     with engine_for(policy(server.url)) as engine:
-        store = engine._sources["session_store"].target
+        store = engine._generation.sources["session_store"].target
         retry = store._pool.connection_kwargs["retry"]
         assert retry._retries == 0  # redis-py's default would back off and retry for seconds
         server.kill()

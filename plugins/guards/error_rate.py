@@ -83,21 +83,26 @@ class ErrorRateGuard(Guard):
     def __init__(self, params: StepParams, context: BuildContext) -> None:
         super().__init__(params, context)
         assert isinstance(params, ErrorRateParams)
-        self._breaker = CircuitBreaker(
-            f"{context.policy}.{self.step_id}",
-            BreakerOptions(
-                window=params.window,
-                size=params.size,
-                duration=params.duration,
-                buckets=params.buckets,
-                failure_rate=params.threshold,
-                minimum_calls=params.minimum_requests,
-                open_for=params.open_for,
-                half_open_probes=params.half_open_probes,
-                probe_deadline=params.probe_deadline,
+        # Shared under the guard's identity and parameters: a reload that leaves this guard
+        # unchanged hands the new build the same window, so its error rate is not reset.
+        self._breaker = context.shared(
+            ("error_rate", context.policy, self.step_id, params.model_dump_json()),
+            lambda: CircuitBreaker(
+                f"{context.policy}.{self.step_id}",
+                BreakerOptions(
+                    window=params.window,
+                    size=params.size,
+                    duration=params.duration,
+                    buckets=params.buckets,
+                    failure_rate=params.threshold,
+                    minimum_calls=params.minimum_requests,
+                    open_for=params.open_for,
+                    half_open_probes=params.half_open_probes,
+                    probe_deadline=params.probe_deadline,
+                ),
+                context.clock,
+                context.events,
             ),
-            context.clock,
-            context.events,
         )
         self._reason = f"failed share above {params.threshold:.0%}"
         self._strict = params.count == "any_failure"

@@ -2,7 +2,7 @@
 
 Each candidate's boost is what the served signals say of it: ``category_weight`` times the
 signals' weight of its category plus ``item_weight`` times the weight of the item itself (the
-signals' weights sum to 1). The boost is clipped to ``[0, cap]`` and applied by ``mode``:
+signals' weights sum to 1). The boost is clipped to ``[0, cap]`` and applied by ``combine``:
 
 - ``multiplicative`` (default): ``final = base + |base| * boost``, which is ``base * (1 + boost)``
   for the usual non-negative scores, and still raises, never lowers, a negative one;
@@ -33,7 +33,7 @@ __all__ = ["BoostCapParams", "BoostCapStep", "boosted_scores"]
 class BoostCapParams(StepParams):
     """Parameters of the ``boost_cap`` post step."""
 
-    mode: Literal["multiplicative", "additive"] = Field(
+    combine: Literal["multiplicative", "additive"] = Field(
         default="multiplicative", description="How the boost meets the base score."
     )
     cap: float = Field(
@@ -81,7 +81,7 @@ def boosted_scores(
         capped: dict[str | None, float] = {c: clipped(b) for c, b in by_category.items()}
         boosts = [capped.get(c.category, 0.0) for c in candidates]
     bases = [_base(c.score) for c in candidates]
-    if params.mode == "multiplicative":
+    if params.combine == "multiplicative":
         return [
             base + abs(base) * boost if math.isfinite(base) else base
             for base, boost in zip(bases, boosts, strict=True)

@@ -39,7 +39,7 @@ class OffForGuard(GuardBase):
 
 
 class ByCategoryParams(StepParams):
-    mode: str = "ok"
+    fault: str = "ok"
 
 
 class ByCategoryPost(PostBase):
@@ -52,7 +52,7 @@ class ByCategoryPost(PostBase):
         self, request: RequestContext, signals: Signals | None, candidates: Sequence[Candidate]
     ) -> Sequence[Candidate]:
         assert isinstance(self.params, ByCategoryParams)
-        mode = self.params.mode
+        mode = self.params.fault
         if mode == "raise":
             raise ValueError("post bug")
         if mode == "garbage":

@@ -48,7 +48,7 @@ signals = st.builds(
 def test_no_final_score_exceeds_what_the_cap_allows(
     candidates: list[Candidate], signals: Signals, cap: float, mode: str
 ) -> None:
-    params = BoostCapParams.model_validate({"cap": cap, "mode": mode})
+    params = BoostCapParams.model_validate({"cap": cap, "combine": mode})
     finals = boosted_scores(candidates, signals, params)
     zero = boosted_scores(candidates, None, params)  # the unboosted (base or normalized) score
     for final, base in zip(finals, zero, strict=True):
@@ -64,7 +64,7 @@ def test_no_final_score_exceeds_what_the_cap_allows(
 def test_boost_zero_gives_the_base_order(candidates: list[Candidate], mode: str) -> None:
     from resilience_plugins.post.boost_cap import BoostCapStep
 
-    params = BoostCapParams.model_validate({"mode": mode, "apply_when": "always"})
+    params = BoostCapParams.model_validate({"combine": mode, "apply_when": "always"})
     empty = Signals({}, {}, "session")
     step = BoostCapStep.__new__(BoostCapStep)
     step.params = params

@@ -88,7 +88,7 @@ def test_a_late_session_read_does_not_feed_the_cache(
     engine = make_engine(POLICY, {"session_store": slow, "profile_store": {}.get})
     decision = engine.decide(RequestContext(session_id="s"))
     assert decision.trace.outcome_of("session") is Outcome.TIMEOUT
-    cache = next(v for v in engine._shared.values() if isinstance(v, SignalCache))
+    cache = next(v for v in engine._generation.shared.values() if isinstance(v, SignalCache))
     assert len(cache) == 0
 
 
@@ -112,7 +112,7 @@ def test_shared_caches_take_the_largest_declared_size(
     make_engine: Callable[..., Engine],
 ) -> None:
     engine = make_engine(POLICY, {"session_store": lambda k: state(1), "profile_store": {}.get})
-    cache = next(v for v in engine._shared.values() if isinstance(v, SignalCache))
+    cache = next(v for v in engine._generation.shared.values() if isinstance(v, SignalCache))
     assert cache.max_entries == 5
     assert cache.readers == ["p.stale_cache", "other.stale_cache"]
     assert cache.writers == ["p.session"]
@@ -139,7 +139,7 @@ def test_a_cache_nobody_feeds_is_rejected_at_build(make_engine: Callable[..., En
 def test_closing_the_engine_clears_the_cache(make_engine: Callable[..., Engine]) -> None:
     engine = make_engine(POLICY, {"session_store": lambda k: state(1), "profile_store": {}.get})
     engine.decide(RequestContext(session_id="s"))
-    cache = next(v for v in engine._shared.values() if isinstance(v, SignalCache))
+    cache = next(v for v in engine._generation.shared.values() if isinstance(v, SignalCache))
     assert len(cache) == 1
     engine.close()
     assert len(cache) == 0
@@ -157,7 +157,7 @@ policies:
 """
     engine = make_engine(text, {"session_store": lambda k: state(1), "profile_store": {}.get})
     engine.decide(RequestContext(session_id="s"))
-    cache = next(v for v in engine._shared.values() if isinstance(v, SignalCache))
+    cache = next(v for v in engine._generation.shared.values() if isinstance(v, SignalCache))
     assert len(cache) == 0
 
 
@@ -241,7 +241,7 @@ def test_shared_caches_take_the_largest_declared_ttl(
 ) -> None:
     text = POLICY.replace("max_entries: 5}", "max_entries: 5, max_age: 10m}")
     engine = make_engine(text, {"session_store": lambda k: state(1), "profile_store": {}.get})
-    cache = next(v for v in engine._shared.values() if isinstance(v, SignalCache))
+    cache = next(v for v in engine._generation.shared.values() if isinstance(v, SignalCache))
     assert cache.ttl == 600.0
     cache.ensure_ttl(30.0)
     assert cache.ttl == 600.0
@@ -253,7 +253,7 @@ def test_the_cache_expires_on_the_engine_clock(
     # The session tier builds first and makes the cache; the stale_cache tier binds the clock.
     engine = make_engine(POLICY, {"session_store": lambda k: state(1), "profile_store": {}.get})
     engine.decide(RequestContext(session_id="s"))
-    cache = next(v for v in engine._shared.values() if isinstance(v, SignalCache))
+    cache = next(v for v in engine._generation.shared.values() if isinstance(v, SignalCache))
     fake_clock.advance(300.0)  # max_age is 5m
     served = engine.decide(RequestContext(session_id="s", policy="other"))
     assert served.trace.served == "stale_cache"

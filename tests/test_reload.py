@@ -1,0 +1,250 @@
+"""Hot reload through :meth:`Engine.reload`: all or nothing, requests in flight finish on their
+plan, and what is unchanged carries over."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from resilience import (
+    Engine,
+    Outcome,
+    Reason,
+    RequestContext,
+    SessionState,
+)
+from resilience._engine import POLICY_RELOADED, RELOAD_FAILED
+from resilience.testing import FakeClock, RecordingSink, wait_for
+
+from .conftest import Stores
+
+RETURNING = RequestContext(user_id="u1", session_id="s1", request_id="r1")
+
+
+def test_a_valid_change_is_running_after_reload(
+    make_engine: Callable[..., Engine],
+    reference_yaml: str,
+    stores: Stores,
+    recording_sink: RecordingSink,
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    before = engine.config_version()
+    result = engine.reload(reference_yaml.replace("budget: 30ms", "budget: 25ms"))
+    assert result.ok
+    assert result.changed == ("search",)
+    assert result.versions == {"search": engine.config_version()} != {"search": before}
+    trace = engine.decide(RETURNING).trace
+    assert trace.config_version == result.versions["search"]
+    assert trace.budget_us == 25_000
+    event = recording_sink.of(POLICY_RELOADED)[-1]
+    assert event["previous_version"] != event["version"] == result.version
+    assert event["kept_sources"] == ["profile_store", "segment_store", "session_store"]
+
+
+def test_an_invalid_change_keeps_the_last_good_policy(
+    make_engine: Callable[..., Engine],
+    reference_yaml: str,
+    stores: Stores,
+    recording_sink: RecordingSink,
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    before = engine.config_version()
+    result = engine.reload(reference_yaml.replace("type: stale_cache", "type: stale_cach"))
+    assert not result.ok
+    assert result.versions == {"search": before}
+    assert "did you mean 'stale_cache'?" in str(result.issues[0])
+    failed = recording_sink.of(RELOAD_FAILED)
+    assert failed[0]["problems"] == 1
+    assert "policies.search.chain[1].type: unknown tier type 'stale_cach'" in failed[0]["errors"][0]
+    assert engine.decide(RETURNING).trace.config_version == before
+    # ... and the next good change still applies.
+    assert engine.reload(reference_yaml.replace("budget: 30ms", "budget: 20ms")).ok
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("source: segment_store", "source: other_store"),  # not bound: found at build time
+        ("max_age: 5m", "max_age: 5"),  # a bare number: found at validation
+        ("policies:", "policies: 3\nx:"),  # not even the right shape
+    ],
+)
+def test_every_kind_of_bad_change_is_refused_whole(
+    make_engine: Callable[..., Engine],
+    reference_yaml: str,
+    stores: Stores,
+    change: str,
+    message: str,
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    before = engine.versions()
+    result = engine.reload(reference_yaml.replace(change, message, 1))
+    assert not result.ok and result.issues
+    assert engine.versions() == before
+    assert engine.decide(RETURNING).trace.served == "session"
+
+
+def test_an_identical_document_changes_nothing(
+    make_engine: Callable[..., Engine],
+    reference_yaml: str,
+    stores: Stores,
+    recording_sink: RecordingSink,
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    result = engine.reload(reference_yaml + "\n# a comment\n")
+    assert result.ok and result.changed == ()
+    assert recording_sink.of(POLICY_RELOADED) == []
+
+
+def test_a_request_in_flight_finishes_on_the_plan_it_started_with(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    results: list[Any] = []
+    engine: Engine | None = None
+
+    def session_store(key: str) -> SessionState | None:
+        assert engine is not None
+        # The policy changes while this request is inside its first tier.
+        results.append(engine.reload(reference_yaml.replace("budget: 30ms", "budget: 29ms")))
+        return stores.session(key)  # type: ignore[no-any-return]
+
+    engine = make_engine(reference_yaml, {**stores.sync(), "session_store": session_store})
+    before = engine.config_version()
+    trace = engine.decide(RETURNING).trace
+    assert results[0].ok
+    assert trace.config_version == before  # its plan, start to end
+    assert trace.budget_us == 30_000
+    assert engine.decide(RETURNING).trace.config_version == results[0].versions["search"]
+
+
+def test_a_reload_from_an_asyncio_request_in_flight(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine: Engine | None = None
+
+    async def session_store(key: str) -> SessionState | None:
+        assert engine is not None
+        engine.reload(reference_yaml.replace("budget: 30ms", "budget: 28ms"))
+        await asyncio.sleep(0)
+        return stores.session(key)  # type: ignore[no-any-return]
+
+    engine = make_engine(reference_yaml, {**stores.sync(), "session_store": session_store})
+    before = engine.config_version()
+    trace = asyncio.run(engine.adecide(RETURNING)).trace
+    assert trace.config_version == before and trace.served == "session"
+    assert engine.config_version() != before
+
+
+def test_the_breaker_of_an_unchanged_source_survives(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    breaker = engine.breaker("session_store")
+    breaker.force_open()
+    assert engine.reload(reference_yaml.replace("budget: 30ms", "budget: 25ms")).ok
+    assert engine.breaker("session_store") is breaker
+    assert engine.decide(RETURNING).trace.outcome_of("session") is Outcome.BREAKER_OPEN
+    # A changed declaration is a new breaker, closed.
+    changed = reference_yaml.replace(
+        "      open_for: 5s\n      half_open_probes: 3",
+        "      open_for: 6s\n      half_open_probes: 3",
+    )
+    assert engine.reload(changed).ok
+    assert engine.breaker("session_store") is not breaker
+    assert engine.decide(RETURNING).trace.outcome_of("session") is Outcome.OK
+
+
+def test_the_stale_cache_keeps_its_entries(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    engine.decide(RETURNING)  # the session tier feeds the cache
+    assert engine.reload(reference_yaml.replace("budget: 30ms", "budget: 25ms")).ok
+    stores.session.raises()
+    trace = engine.decide(RETURNING).trace
+    assert trace.served == "stale_cache"
+
+
+def test_a_cache_no_step_uses_any_more_is_closed_after_the_grace(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync(), retire_after=0.01)
+    engine.decide(RETURNING)
+    cache = next(v for k, v in engine._generation.shared.items() if "cache" in str(k))
+    assert len(cache) == 1
+    without = reference_yaml.replace("      - type: stale_cache\n        max_age: 5m\n", "")
+    without = without.replace(
+        "        max_session_weight: 0.8", "        max_session_weight: 0.8\n        cache: null"
+    )
+    assert engine.reload(without).ok
+    assert wait_for(lambda: len(cache) == 0, timeout=10)
+
+
+def test_the_window_of_an_unchanged_guard_survives_and_a_changed_one_starts_afresh(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    guard: Any = engine._generation.compiled["search"].guards[0]
+    guard.breaker.force_open()
+    assert engine.reload(reference_yaml.replace("budget: 30ms", "budget: 25ms")).ok
+    assert engine.decide(RETURNING).trace.reason is Reason.GUARD
+    assert engine.reload(reference_yaml.replace("threshold: 0.05", "threshold: 0.06")).ok
+    assert engine.decide(RETURNING).trace.reason is Reason.PRIMARY
+
+
+def test_flags_survive_a_reload_and_follow_the_steps_it_keeps(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    engine.flags.set("search.session", "off", reason="incident")
+    engine.flags.set("search.segment", "off", reason="incident")
+    without_segment = reference_yaml.replace(
+        "      - type: segment\n        source: segment_store\n", ""
+    )
+    assert engine.reload(without_segment).ok
+    assert engine.decide(RETURNING).trace.outcome_of("session") is Outcome.SWITCHED_OFF
+    assert "search.segment" not in engine.flags.specs()
+    assert engine.reload(reference_yaml).ok  # the step is back: so is its flag
+    assert engine.flags.get("search.segment").source == "api"
+
+
+def test_settings_flags_changes_restart_the_sources(
+    make_engine: Callable[..., Engine],
+    reference_yaml: str,
+    stores: Stores,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTHER_SEARCH__SESSION", "off")
+    engine = make_engine(reference_yaml, stores.sync())
+    assert engine.flags.get("search.session").source == "policy"
+    text = reference_yaml.replace("settings:\n", "settings:\n  flags:\n    env_prefix: OTHER_\n")
+    assert engine.reload(text).ok
+    assert engine.flags.get("search.session").source == "env"
+    assert engine.decide(RETURNING).trace.outcome_of("session") is Outcome.SWITCHED_OFF
+
+
+def test_a_closed_engine_refuses_reloads(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    engine.close()
+    result = engine.reload(reference_yaml.replace("budget: 30ms", "budget: 25ms"))
+    assert not result.ok
+    assert "closed" in result.issues[0].message
+
+
+def test_reload_without_text_rereads_the_file(
+    tmp_path: Any, reference_yaml: str, stores: Stores, fake_clock: FakeClock
+) -> None:
+    path = tmp_path / "policies.yaml"
+    path.write_text(reference_yaml)
+    with Engine.from_file(path, stores.sync(), clock=fake_clock, events=RecordingSink()) as engine:
+        path.write_text(reference_yaml.replace("budget: 30ms", "budget: 21ms"))
+        assert engine.reload().ok
+        assert engine.decide(RETURNING).trace.budget_us == 21_000
+        path.unlink()
+        result = engine.reload()
+        assert not result.ok and "cannot read the file" in result.issues[0].message
