@@ -569,6 +569,10 @@ class Engine:
             if self._watch is not None:
                 raise PolicyError("the engine is already watching its policy file")
             name = os.fspath(path) if path is not None else self.policies.file
+            if path is None and not os.path.isfile(name):
+                raise PolicyError(
+                    f"the engine was not built from a file ({name!r}): pass the path to watch"
+                )
 
             def changed(data: bytes) -> None:
                 self.reload(data, file=name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -35,43 +35,11 @@ from resilience._flags import (
     flag_specs,
     parse_mode,
 )
-from resilience.testing import FakeClock, RecordingSink
+from resilience.testing import FakeClock, HandFlags, RecordingSink
 
 from .conftest import REFERENCE_POLICIES, Stores
 
 RETURNING = RequestContext(user_id="u1", session_id="s1", request_id="r1")
-
-
-class HandFeed:
-    """A flag source the test drives by hand."""
-
-    def __init__(self, name: str, flags: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.flags = dict(flags or {})
-        self.deliver: Callable[[FeedSnapshot], None] | None = None
-        self.calls = 0
-        self.stopped = False
-
-    def start(
-        self, deliver: Callable[[FeedSnapshot], None], keys: Callable[[], Sequence[str]]
-    ) -> None:
-        self.deliver = deliver
-        self.push()
-
-    def push(self, **flags: str) -> None:
-        self.flags.update({k.replace("__", "."): v for k, v in flags.items()})
-        assert self.deliver is not None
-        self.deliver(FeedSnapshot(self.name, {k: FlagRecord(v) for k, v in self.flags.items()}))
-
-    def unreachable(self, error: str = "connection refused") -> None:
-        assert self.deliver is not None
-        self.deliver(FeedSnapshot(self.name, None, error))
-
-    def refresh(self) -> None:
-        self.calls += 1
-
-    def stop(self) -> None:
-        self.stopped = True
 
 
 def test_every_policy_and_step_but_the_terminal_tier_has_a_flag(reference_yaml: str) -> None:
@@ -137,7 +105,7 @@ def test_the_kill_switch_holds_in_asyncio_too(
 def test_a_switched_off_tier_is_not_called_and_says_where_the_switch_came_from(
     make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
 ) -> None:
-    feed = HandFeed("redis", {"search.session": "off"})
+    feed = HandFlags("redis", {"search.session": "off"})
     engine = make_engine(reference_yaml, stores.sync(), flag_feeds=[feed])
     decision = engine.decide(RETURNING)
     assert decision.trace.outcome_of("session") is Outcome.SWITCHED_OFF
@@ -224,7 +192,7 @@ def test_the_highest_source_that_holds_a_flag_decides(held: dict[str, str], decl
     text = REFERENCE_TEXT.replace(
         "      - type: error_rate", f"      - type: error_rate\n        mode: {declared}"
     )
-    feeds = [HandFeed(name) for name in SOURCES]
+    feeds = [HandFlags(name) for name in SOURCES]
     for feed in feeds:
         if feed.name in held:
             feed.flags["search.error_rate"] = held[feed.name]
@@ -257,7 +225,7 @@ def test_an_unreachable_source_keeps_its_last_values_reported_stale(
     stores: Stores,
     recording_sink: RecordingSink,
 ) -> None:
-    redis = HandFeed("redis", {"search": "off"})
+    redis = HandFlags("redis", {"search": "off"})
     engine = make_engine(reference_yaml, stores.sync(), flag_feeds=[redis])
     assert engine.flags.get("search").value is Mode.OFF
     redis.unreachable()
@@ -269,7 +237,7 @@ def test_an_unreachable_source_keeps_its_last_values_reported_stale(
     health = {h.source: h for h in engine.flags.sources()}
     assert not health["redis"].healthy
     assert "connection refused" in health["redis"].error
-    redis.push(search="on")
+    redis.set("search", "on")
     assert recording_sink.of(FLAG_SOURCE_RECOVERED) == [{"source": "redis"}]
     assert not engine.flags.get("search").stale
     assert engine.decide(RETURNING).trace.reason is Reason.PRIMARY
@@ -278,10 +246,8 @@ def test_an_unreachable_source_keeps_its_last_values_reported_stale(
 def test_with_nothing_known_the_declared_default_holds(
     make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
 ) -> None:
-    redis = HandFeed("redis")
-    redis.start = lambda deliver, keys: (  # type: ignore[method-assign]
-        setattr(redis, "deliver", deliver) or deliver(FeedSnapshot("redis", None, "refused"))
-    )
+    redis = HandFlags("redis")
+    redis.unreachable("refused")  # from the start: nothing was ever known
     engine = make_engine(reference_yaml, stores.sync(), flag_feeds=[redis])
     state = engine.flags.get("search")
     assert (state.value, state.source, state.stale) == (Mode.ON, "policy", False)
@@ -294,10 +260,10 @@ def test_a_value_a_flag_cannot_take_is_rejected_once_and_the_next_source_decides
     stores: Stores,
     recording_sink: RecordingSink,
 ) -> None:
-    redis = HandFeed("redis", {"search.session": "shadow", "search.nope": "off"})
-    env = HandFeed("env", {"search.session": "off"})
+    redis = HandFlags("redis", {"search.session": "shadow", "search.nope": "off"})
+    env = HandFlags("env", {"search.session": "off"})
     engine = make_engine(reference_yaml, stores.sync(), flag_feeds=[redis, env])
-    redis.push()  # the same snapshot again: not reported again
+    redis.refresh()  # the same snapshot again: not reported again
     assert engine.flags.get("search.session").source == "env"
     rejected = recording_sink.of(FLAG_REJECTED)
     assert sorted((e["key"], e["source"]) for e in rejected) == [
@@ -392,7 +358,7 @@ def test_the_request_path_takes_no_lock_that_flags_or_reloads_hold(
 def test_close_stops_every_source(
     make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
 ) -> None:
-    feeds = [HandFeed("redis"), HandFeed("file")]
+    feeds = [HandFlags("redis"), HandFlags("file")]
     engine = make_engine(reference_yaml, stores.sync(), flag_feeds=feeds)
     engine.close()
     assert all(feed.stopped for feed in feeds)

@@ -12,6 +12,7 @@ import pytest
 from resilience import (
     Engine,
     Outcome,
+    PolicyError,
     Reason,
     RequestContext,
     SessionState,
@@ -248,3 +249,24 @@ def test_reload_without_text_rereads_the_file(
         path.unlink()
         result = engine.reload()
         assert not result.ok and "cannot read the file" in result.issues[0].message
+
+
+def test_an_engine_not_built_from_a_file_must_be_told_what_to_watch(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    with pytest.raises(PolicyError, match="pass the path to watch"):
+        engine.watch()
+
+
+def test_a_new_plugin_allowlist_resolves_step_types_anew(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    old_host = engine.policies.plugins
+    result = engine.reload(
+        reference_yaml.replace("    allow: []", "    allow: [nothing_installed]")
+    )
+    assert result.ok
+    assert engine.policies.plugins is not old_host
+    assert engine.decide(RETURNING).trace.served == "session"

@@ -17,12 +17,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from resilience._flag_feed import FeedSnapshot, FlagRecord
 
 __all__ = [
     "FakeClock",
     "FaultySource",
+    "HandFlags",
     "LatencyProxy",
     "RecordingSink",
     "RedisClusterNodes",
@@ -83,6 +86,75 @@ class RecordingSink:
     def of(self, name: str) -> list[dict[str, Any]]:
         """The fields of every event called ``name``."""
         return [fields for event, fields in self.events if event == name]
+
+
+class HandFlags:
+    """A flag source the test drives by hand: pass it as ``Engine(..., flag_feeds=[...])``.
+
+    It stands for any source (``name`` is ``redis``, ``file``, ``openfeature`` or ``env``), so a
+    test can check precedence between sources, or what the engine does when one goes stale::
+
+        redis = HandFlags("redis", {"search": "off"})
+        engine = make_engine(text, sources, flag_feeds=[redis])
+        redis.unreachable()          # the last values hold, reported stale
+        redis.set("search", "on")    # back, with a new value
+
+    Args:
+        name: the source it plays.
+        flags: what it holds at start, flag key -> value.
+    """
+
+    def __init__(self, name: str, flags: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self.flags: dict[str, str] = dict(flags or {})
+        self.refreshes = 0
+        self.stopped = False
+        self._deliver: Callable[[FeedSnapshot], None] | None = None
+        self._readable = True
+        self._error = ""
+
+    def start(
+        self, deliver: Callable[[FeedSnapshot], None], keys: Callable[[], Sequence[str]]
+    ) -> None:
+        self._deliver = deliver
+        if self._readable:
+            self._send()
+        else:
+            deliver(FeedSnapshot(self.name, None, self._error))
+
+    def set(self, key: str, value: str) -> None:
+        """Hold ``value`` for ``key`` and deliver the whole snapshot (the source is readable)."""
+        self.flags[key] = value
+        self._readable = True
+        self._send()
+
+    def clear(self, key: str) -> None:
+        """Stop holding ``key`` and deliver the snapshot."""
+        self.flags.pop(key, None)
+        self._readable = True
+        self._send()
+
+    def unreachable(self, error: str = "connection refused") -> None:
+        """Become unreadable: deliver ``None`` with ``error`` (the board keeps the last values).
+        Before the engine starts, the source starts unreadable."""
+        self._readable = False
+        self._error = error
+        if self._deliver is not None:
+            self._deliver(FeedSnapshot(self.name, None, error))
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+        if self._readable:
+            self._send()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._deliver = None
+
+    def _send(self) -> None:
+        if self._deliver is not None:
+            records = {key: FlagRecord(value) for key, value in self.flags.items()}
+            self._deliver(FeedSnapshot(self.name, records))
 
 
 class FaultySource:
