@@ -364,3 +364,34 @@ def test_a_forked_child_restarts_the_feed(
         with contextlib.suppress(ProcessLookupError, ChildProcessError):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+
+
+def test_an_engine_reads_its_flags_from_the_provider_its_policy_declares(domain: str) -> None:
+    from resilience import Engine, Reason, RequestContext, load_policies
+
+    provider = Provider({"p": string_flag("off"), "p.profile_only": bool_flag(False)})
+    api.set_provider_and_wait(provider, domain)
+    text = f"""
+version: 1
+default_policy: p
+settings:
+  flags:
+    env_prefix: null
+    openfeature: {{domain: {domain}, refresh_every: 60s}}
+policies:
+  p:
+    chain:
+      - type: profile_only
+        source: profile_store
+      - unpersonalized
+"""
+    engine = Engine(load_policies(text), {"profile_store": {}.get})
+    try:
+        assert engine.flags.get("p").source == "openfeature"
+        assert engine.decide(RequestContext(user_id="u")).trace.reason is Reason.SWITCHED_OFF
+        provider.put("p", string_flag("on"))  # announced: read at once, not in 60 s
+        assert wait_for(lambda: engine.flags.get("p").value.value == "on", 10)
+        trace = engine.decide(RequestContext(user_id="u")).trace
+        assert trace.steps[0].detail == "flag:openfeature"  # profile_only=switched_off
+    finally:
+        engine.close()
