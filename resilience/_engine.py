@@ -41,6 +41,7 @@ from ._errors import (
 from ._flag_feed import FlagFeed
 from ._flags import Flags, FlagState, flag_specs, make_feeds
 from ._fleet import FleetSync
+from ._fork import renew_locks_after_fork
 from ._generation import Compiled, Generation
 from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
@@ -288,6 +289,7 @@ class Engine:
         # requests never take it.
         self._lock = threading.RLock()
         self._reloading = threading.Lock()
+        renew_locks_after_fork(self)
         self._retiring: list[tuple[Generation, threading.Timer | None]] = []
         self._watch: FileWatch | None = None
         self._given_feeds = flag_feeds
@@ -1006,6 +1008,15 @@ class Engine:
             if timer is not None:
                 timer.cancel()
         return [old for old, _ in retiring]
+
+    def _renew_locks_after_fork(self) -> None:
+        # In a forked child: a parent thread may have held these at the fork (a flag change, a
+        # reload in progress; that reload is dropped in the child, whose watch runs again).
+        self._lock = threading.RLock()
+        self._reloading = threading.Lock()
+        self.flags._renew_lock(self._lock)
+        # Retirement timers are threads: gone in the child. Their generations close at close().
+        self._retiring = [(old, None) for old, _ in self._retiring]
 
     def _emit(self, event: str, **fields: Any) -> None:
         with contextlib.suppress(Exception):

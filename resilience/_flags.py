@@ -444,6 +444,10 @@ class Flags:
             self._update()
         self.start(fresh)
 
+    def _renew_lock(self, lock: threading.RLock) -> None:
+        """Use the engine's new lock (in a forked child, where the old one may be held)."""
+        self._lock = lock
+
     def refresh(self) -> None:
         """Read every source now."""
         with self._lock:

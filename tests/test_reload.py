@@ -4,6 +4,11 @@ plan, and what is unchanged carries over."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +21,7 @@ from resilience import (
     Reason,
     RequestContext,
     SessionState,
+    load_policies,
 )
 from resilience._engine import POLICY_RELOADED, RELOAD_FAILED
 from resilience.testing import FakeClock, RecordingSink, wait_for
@@ -270,3 +276,49 @@ def test_a_new_plugin_allowlist_resolves_step_types_anew(
     assert result.ok
     assert engine.policies.plugins is not old_host
     assert engine.decide(RETURNING).trace.served == "session"
+
+
+def test_a_child_forked_while_the_locks_were_held_can_still_flip_reload_and_close(
+    reference_yaml: str, stores: Stores, fake_clock: FakeClock
+) -> None:
+    engine = Engine(
+        load_policies(reference_yaml), stores.sync(), clock=fake_clock, events=RecordingSink()
+    )
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # a flag change and a reload, in progress in the parent at the fork
+        with engine._lock, engine._reloading:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            engine.flags.set("search", "off", reason="in the child")
+            reloaded = engine.reload(reference_yaml.replace("budget: 30ms", "budget: 20ms"))
+            off = engine.decide(RETURNING).trace.reason is Reason.SWITCHED_OFF
+            engine.close()
+            code = 0 if reloaded.ok and off else 2
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join()
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while status is None and time.monotonic() < deadline:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            status = os.waitstatus_to_exitcode(raw) if done else None
+            time.sleep(0.01)
+        assert status == 0, (
+            "the child hung on a lock held at the fork" if status is None else status
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        engine.close()
