@@ -73,6 +73,9 @@ class SignalCache:
         self._entries: TTLCache[str, _Entry] = self._new_cache(max_entries)
         self._lock = threading.Lock()
         self._sized = False
+        # What a build that renewed this cache declared, [size, ttl], applied by settle() once
+        # that build runs: a refused build must not resize the cache the running one uses.
+        self._staged: list[float | None] | None = None
         #: step ids that write / read this cache, for the build-time wiring check.
         self.writers: list[str] = []
         self.readers: list[str] = []
@@ -97,6 +100,9 @@ class SignalCache:
         """Size the cache for a reader: the first declaration sets it, later ones may only grow
         it (the largest size any reader declares wins)."""
         with self._lock:
+            if self._staged is not None:
+                self._staged[0] = max(self._staged[0] or 0, max_entries)
+                return
             if not self._sized or max_entries > self._entries.maxsize:
                 self._sized = True
                 self._rebuild(max_entries)
@@ -107,6 +113,9 @@ class SignalCache:
         if not seconds > 0:
             raise ValueError(f"a TTL must be positive, not {seconds!r}")
         with self._lock:
+            if self._staged is not None:
+                self._staged[1] = max(self._staged[1] or 0.0, seconds)
+                return
             if self._ttl is None or seconds > self._ttl:
                 self._ttl = seconds
                 self._reinsert_after = seconds * _REINSERT_SHARE
@@ -150,11 +159,30 @@ class SignalCache:
             return len(self._entries)  # expires what is due first
 
     def renew(self) -> None:
-        """Forget the wiring of the build that made this cache: a reload hands it, with its
-        entries, to a new build whose steps declare themselves again. Size and TTL keep their
-        largest values (readers check their own ``max_age``)."""
-        self.writers = []
-        self.readers = []
+        """A reload hands this cache, with its entries, to a new build: forget the old build's
+        wiring (the new steps declare themselves again), and hold what the new readers declare
+        (size, TTL) until :meth:`settle`, since the running build still serves from it and the
+        new one may yet be refused."""
+        with self._lock:
+            self.writers = []
+            self.readers = []
+            self._staged = [None, None]
+
+    def settle(self) -> None:
+        """The build that renewed this cache is running: take the size and TTL its readers
+        declared, smaller ones included (the entries stay, the least recent beyond the new
+        size go)."""
+        with self._lock:
+            staged, self._staged = self._staged, None
+            if staged is None:
+                return
+            size, ttl = staged
+            if ttl is not None:
+                self._ttl = ttl
+                self._reinsert_after = ttl * _REINSERT_SHARE
+            if size is not None:
+                self._sized = True
+            self._rebuild(int(size) if size is not None else self.max_entries)
 
     def close(self) -> None:
         with self._lock:

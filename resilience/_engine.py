@@ -487,6 +487,7 @@ class Engine:
             self._settle(policies)
             self.flags.respec(flag_specs(policies))
             self._plans = self._plan(generation)
+        generation.settle()
         if feeds_changed:
             self.flags.replace(feeds)
         self._retire(previous, generation)

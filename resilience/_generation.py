@@ -9,9 +9,10 @@ what the engine has learnt:
   same object: its breaker, bulkhead, retry state and connections carry over;
 - an object steps share through :meth:`BuildContext.shared <resilience.BuildContext.shared>` is
   handed over when a new step asks for it under the same key (its ``renew()`` is called first,
-  if it has one, to forget the old build's wiring). The built-ins key their state so that a
-  stale cache carries over while its name is used, and an ``error_rate`` guard's window while
-  its policy, id and parameters are unchanged;
+  if it has one, to forget the old build's wiring, and its ``settle()`` once the new build
+  runs, to apply what the new steps declared: a refused build changes nothing of it). The
+  built-ins key their state so that a stale cache carries over while its name is used, and an
+  ``error_rate`` guard's window while its policy, id and parameters are unchanged;
 - every step object is built anew, from the new parameters and the new neighbours.
 
 What the old generation alone held is closed when it retires, after requests in flight on it
@@ -255,6 +256,15 @@ class Generation:
                     )
                 ]
             ) from exc
+
+    def settle(self) -> None:
+        """This generation is running: shared objects it took over apply what its steps
+        declared on them (their ``settle()``, if they have one)."""
+        for obj in self.shared.values():
+            settle = getattr(obj, "settle", None)
+            if callable(settle):
+                with contextlib.suppress(Exception):
+                    settle()
 
     # --- releasing ------------------------------------------------------------------------------
 

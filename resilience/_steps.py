@@ -169,7 +169,9 @@ class BuildContext:
         Steps use it to share state across policies, e.g. the ``session`` tier feeds the stale
         cache that the ``stale_cache`` tier reads. It is also how state survives a reload: when
         the running engine holds an object under ``key``, the new build gets that object (after
-        calling its ``renew()``, if it has one, so that it forgets the old build's wiring). Key
+        calling its ``renew()``, if it has one, so that it forgets the old build's wiring; its
+        ``settle()``, if it has one, is called once the new build runs, so that what the new
+        steps declared on it applies only if the build is not refused). Key
         the object on whatever must match for its state to stay valid, e.g. the step's
         parameters. Shared objects with a ``close()`` method are closed when no build uses them
         any more (the engine closed, or a reload dropped every step that asked for them).

@@ -322,3 +322,29 @@ def test_a_child_forked_while_the_locks_were_held_can_still_flip_reload_and_clos
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         engine.close()
+
+
+def test_a_refused_reload_leaves_the_running_cache_as_it_was_and_a_good_one_may_shrink_it(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    engine = make_engine(reference_yaml, stores.sync())
+    engine.decide(RETURNING)
+    cache: Any = next(v for k, v in engine._generation.shared.items() if "cache" in str(k))
+    before = (cache.max_entries, cache.ttl)
+    # Valid YAML whose wiring is refused at build time: a second stale cache nothing feeds.
+    refused = reference_yaml.replace(
+        "        max_age: 5m\n",
+        "        max_age: 720h\n        max_entries: 5000000\n"
+        "      - type: stale_cache\n        id: orphan\n        cache: nobody_feeds_this\n",
+    )
+    result = engine.reload(refused)
+    assert not result.ok and "no tier feeds the cache" in str(result.issues[0])
+    assert (cache.max_entries, cache.ttl) == before
+    assert engine.decide(RETURNING).trace.served == "session"
+
+    smaller = reference_yaml.replace(
+        "        max_age: 5m\n", "        max_age: 1m\n        max_entries: 10\n"
+    )
+    assert engine.reload(smaller).ok
+    assert (cache.max_entries, cache.ttl) == (10, 60.0)
+    assert len(cache) == 1  # the entries stayed
