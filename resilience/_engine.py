@@ -46,7 +46,7 @@ from ._generation import Compiled, Generation
 from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
 from ._plugins import PluginHost
-from ._policy import Mode, Policy, PolicySet, load_policies
+from ._policy import Mode, Policy, PolicySet, load_policies, plugin_settings
 from ._sources import STEP_DEADLINE, SourceFunction
 from ._steps import Guard, PostStep, Step, Tier
 from ._trace import Decision, Reason, StepRecord, Trace
@@ -451,10 +451,12 @@ class Engine:
                 )
         running = self.policies
         try:
-            policies = load_policies(text, file=file, plugins=running.plugins, events=self._events)
-            if policies.settings.plugins != running.settings.plugins:
-                # Another plugin allowlist: resolve the step types with a host of its own.
-                policies = load_policies(text, file=file, events=self._events)
+            host = running.plugins
+            wanted = plugin_settings(text)
+            if wanted is not None and wanted != running.settings.plugins:
+                # Another allowlist: the file may name step types only a new host resolves.
+                host = host.with_allow(wanted.allow)
+            policies = load_policies(text, file=file, plugins=host, events=self._events)
         except PolicyValidationError as exc:
             return self._refused(file, exc.issues)
         except PluginError as exc:

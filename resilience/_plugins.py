@@ -66,14 +66,20 @@ class PluginHost:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
         self._events = events or NullSink()
+        self._extra = tuple(extra)
+        self._entry_points = None if entry_points_ is None else tuple(entry_points_)
         self.step_types: dict[str, StepType] = {}
         self._origin: dict[str, str] = {}
 
         builtin = _import(BUILTIN_MODULE, plugin="builtin")
         self._register("builtin", builtin)
-        for plugin in extra:
+        for plugin in self._extra:
             self._register(_plugin_name(plugin), plugin)
-        found = entry_points(group=ENTRY_POINT_GROUP) if entry_points_ is None else entry_points_
+        found = (
+            entry_points(group=ENTRY_POINT_GROUP)
+            if self._entry_points is None
+            else self._entry_points
+        )
         for ep in sorted(found, key=lambda e: e.name):
             if allow is not None and ep.name not in allow:
                 continue
@@ -152,6 +158,17 @@ class PluginHost:
             )
         self.step_types[name] = step_type
         self._origin[name] = plugin
+
+    def with_allow(self, allow: Sequence[str] | None) -> PluginHost:
+        """A host like this one (the same plugins registered in code, the same entry points to
+        consider) with another allowlist: a reloaded policy file that admits other plugins.
+
+        Raises:
+            PluginError: a plugin the new allowlist admits failed to load.
+        """
+        return PluginHost(
+            allow=allow, extra=self._extra, entry_points_=self._entry_points, events=self._events
+        )
 
     def origin(self, name: str) -> str:
         """The plugin that registered step type ``name``."""

@@ -42,6 +42,7 @@ __all__ = [
     "StepSpec",
     "load_policies",
     "load_policies_file",
+    "plugin_settings",
 ]
 
 _DOCUMENT = {FROM_DOCUMENT: True}
@@ -256,6 +257,20 @@ class PolicySet:
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def plugin_settings(text: str | bytes) -> PluginSettings | None:
+    """The ``settings.plugins`` a policy document asks for, read without validating the rest
+    (which needs the plugins); ``None`` if it cannot be read."""
+    located, _ = read_yaml(text)
+    if located is None or not isinstance(located.data, dict):
+        return None
+    settings = located.data.get("settings", {})
+    raw = settings.get("plugins", {}) if isinstance(settings, dict) else None
+    try:
+        return PluginSettings.model_validate(raw, context=_DOCUMENT)
+    except ValidationError:
+        return None
 
 
 def load_policies_file(

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from importlib.metadata import EntryPoint
 from typing import Any
 
 import pytest
@@ -17,10 +18,14 @@ import pytest
 from resilience import (
     Engine,
     Outcome,
+    PluginHost,
     PolicyError,
     Reason,
     RequestContext,
     SessionState,
+    Tier,
+    TierParams,
+    hookimpl,
     load_policies,
 )
 from resilience._engine import POLICY_RELOADED, RELOAD_FAILED
@@ -29,6 +34,22 @@ from resilience.testing import FakeClock, RecordingSink, wait_for
 from .conftest import Stores
 
 RETURNING = RequestContext(user_id="u1", session_id="s1", request_id="r1")
+
+
+class ExtraTier(Tier):
+    name = "extra_tier"
+    Params = TierParams
+
+    def run(self, request: RequestContext, timeout: float) -> None:
+        return None
+
+
+class Extra:
+    """A plugin registered in code, not by an entry point."""
+
+    @hookimpl
+    def resilience_step_types(self) -> list[type[Tier]]:
+        return [ExtraTier]
 
 
 def test_a_valid_change_is_running_after_reload(
@@ -268,14 +289,19 @@ def test_an_engine_not_built_from_a_file_must_be_told_what_to_watch(
 def test_a_new_plugin_allowlist_resolves_step_types_anew(
     make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
 ) -> None:
-    engine = make_engine(reference_yaml, stores.sync())
-    old_host = engine.policies.plugins
-    result = engine.reload(
-        reference_yaml.replace("    allow: []", "    allow: [nothing_installed]")
+    acme = EntryPoint(name="acme", value="tests.plugin_fixtures.steps", group="resilience.plugins")
+    host = PluginHost(allow=[], entry_points_=[acme], extra=[Extra()])
+    engine = make_engine(reference_yaml, stores.sync(), plugins=host)
+    admitting = reference_yaml.replace("    allow: []", "    allow: [acme]").replace(
+        "      - type: error_rate",
+        "      - type: off_for\n        users: [u1]\n      - type: error_rate",
     )
-    assert result.ok
-    assert engine.policies.plugins is not old_host
-    assert engine.decide(RETURNING).trace.served == "session"
+    result = engine.reload(admitting)
+    assert result.ok, result.issues
+    assert engine.decide(RETURNING).trace.reason is Reason.GUARD  # acme's guard is running
+    assert "extra_tier" in engine.policies.plugins.step_types  # plugins given in code stay
+    assert engine.reload(reference_yaml).ok  # and back: acme no longer admitted
+    assert "off_for" not in engine.policies.plugins.step_types
 
 
 def test_a_child_forked_while_the_locks_were_held_can_still_flip_reload_and_close(
