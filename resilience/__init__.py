@@ -58,6 +58,7 @@ from ._redis import RedisOptions, RedisSessionStore, SessionFormat, decode_sessi
 from ._retry import RetryOptions
 from ._sources import BoundSource, MemorySource, SourceFunction, SourceOptions, Store
 from ._steps import (
+    IN_SHADOW,
     BuildContext,
     Guard,
     PostStep,
@@ -77,6 +78,7 @@ __all__ = [
     "EVENTS",
     "FAILURE_OUTCOMES",
     "FORMAT_VERSION",
+    "IN_SHADOW",
     "PRECEDENCE",
     "Affinities",
     "BoundSource",

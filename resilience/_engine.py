@@ -48,7 +48,7 @@ from ._outcomes import Outcome
 from ._plugins import PluginHost
 from ._policy import Mode, Policy, PolicySet, load_policies, plugin_settings
 from ._sources import STEP_DEADLINE, SourceFunction
-from ._steps import Guard, PostStep, Step, Tier
+from ._steps import IN_SHADOW, Guard, PostStep, Step, Tier
 from ._trace import Decision, Reason, StepRecord, Trace
 from ._watch import FileWatch
 from .events import (
@@ -619,24 +619,35 @@ class Engine:
             if plan is None or self._closed:
                 return self._no_plan(request, start, plan)
             deadline, records, tiers, reason = self._begin(plan, request, start)
-            now = self._now
-            served: Tier | None = None
-            signals: Signals | None = None
-            for tier in tiers:
-                t0 = now()
-                timeout = _slot(tier, deadline - t0)
-                if timeout is None:
-                    records.append(StepRecord(tier.step_id, _SKIPPED, 0))
-                    continue
-                if tier.async_only:
-                    records.append(StepRecord(tier.step_id, _ERROR, 0, "async tier in decide()"))
-                    continue
-                outcome, detail, result, elapsed = _run_sync(tier, request, timeout, t0, now)
-                records.append(StepRecord(tier.step_id, outcome, int(elapsed * 1e6 + 0.5), detail))
-                if outcome is _OK:
-                    served, signals = tier, result
-                    break
-            return self._finish(plan, request, start, deadline, records, reason, served, signals)
+            shadowing = IN_SHADOW.set(True) if plan.shadow else None
+            try:
+                now = self._now
+                served: Tier | None = None
+                signals: Signals | None = None
+                for tier in tiers:
+                    t0 = now()
+                    timeout = _slot(tier, deadline - t0)
+                    if timeout is None:
+                        records.append(StepRecord(tier.step_id, _SKIPPED, 0))
+                        continue
+                    if tier.async_only:
+                        records.append(
+                            StepRecord(tier.step_id, _ERROR, 0, "async tier in decide()")
+                        )
+                        continue
+                    outcome, detail, result, elapsed = _run_sync(tier, request, timeout, t0, now)
+                    records.append(
+                        StepRecord(tier.step_id, outcome, int(elapsed * 1e6 + 0.5), detail)
+                    )
+                    if outcome is _OK:
+                        served, signals = tier, result
+                        break
+                return self._finish(
+                    plan, request, start, deadline, records, reason, served, signals
+                )
+            finally:
+                if shadowing is not None:
+                    IN_SHADOW.reset(shadowing)
         except Exception as exc:  # the engine's own bug: still answer
             return self._internal_error(request, exc)
 
@@ -653,42 +664,49 @@ class Engine:
             if plan is None or self._closed:
                 return self._no_plan(request, start, plan)
             deadline, records, tiers, reason = self._begin(plan, request, start)
-            now = self._now
-            served: Tier | None = None
-            signals: Signals | None = None
-            for tier in tiers:
-                t0 = now()
-                timeout = _slot(tier, deadline - t0)
-                if timeout is None:
-                    records.append(StepRecord(tier.step_id, _SKIPPED, 0))
-                    continue
-                if tier.awaits:
-                    when = asyncio.get_running_loop().time() + timeout
-                    cutoff = asyncio.timeout_at(when)
-                    marker = STEP_DEADLINE.set(when)  # sources tell a cut from a cancel by it
-                    try:
-                        async with cutoff:
-                            result = await tier.arun(request, timeout)
-                    except (Exception, asyncio.CancelledError) as exc:
-                        STEP_DEADLINE.reset(marker)
-                        self._propagate_cancellation(plan, request, start, records)
-                        if cutoff.expired():
-                            outcome, detail = _TIMEOUT, "cancelled at deadline"
+            shadowing = IN_SHADOW.set(True) if plan.shadow else None
+            try:
+                now = self._now
+                served: Tier | None = None
+                signals: Signals | None = None
+                for tier in tiers:
+                    t0 = now()
+                    timeout = _slot(tier, deadline - t0)
+                    if timeout is None:
+                        records.append(StepRecord(tier.step_id, _SKIPPED, 0))
+                        continue
+                    if tier.awaits:
+                        when = asyncio.get_running_loop().time() + timeout
+                        cutoff = asyncio.timeout_at(when)
+                        marker = STEP_DEADLINE.set(when)  # sources tell a cut from a cancel by it
+                        try:
+                            async with cutoff:
+                                result = await tier.arun(request, timeout)
+                        except (Exception, asyncio.CancelledError) as exc:
+                            STEP_DEADLINE.reset(marker)
+                            self._propagate_cancellation(plan, request, start, records)
+                            if cutoff.expired():
+                                outcome, detail = _TIMEOUT, "cancelled at deadline"
+                            else:
+                                outcome, detail = _failure(exc)
                         else:
-                            outcome, detail = _failure(exc)
+                            STEP_DEADLINE.reset(marker)
+                            self._propagate_cancellation(plan, request, start, records)
+                            outcome, detail = _classify(result, now() - t0, timeout)
                     else:
-                        STEP_DEADLINE.reset(marker)
-                        self._propagate_cancellation(plan, request, start, records)
-                        outcome, detail = _classify(result, now() - t0, timeout)
-                else:
-                    outcome, detail, result, _ = _run_sync(tier, request, timeout, t0, now)
-                records.append(
-                    StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6 + 0.5), detail)
+                        outcome, detail, result, _ = _run_sync(tier, request, timeout, t0, now)
+                    records.append(
+                        StepRecord(tier.step_id, outcome, int((now() - t0) * 1e6 + 0.5), detail)
+                    )
+                    if outcome is _OK:
+                        served, signals = tier, result
+                        break
+                return self._finish(
+                    plan, request, start, deadline, records, reason, served, signals
                 )
-                if outcome is _OK:
-                    served, signals = tier, result
-                    break
-            return self._finish(plan, request, start, deadline, records, reason, served, signals)
+            finally:
+                if shadowing is not None:
+                    IN_SHADOW.reset(shadowing)
         except Exception as exc:
             return self._internal_error(request, exc)
 

@@ -16,6 +16,7 @@ a :class:`BuildContext`; the per-request methods are then plain calls.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, TypeVar, get_args, get_origin
@@ -30,6 +31,7 @@ from ._trace import Trace
 from .events import EventSink
 
 __all__ = [
+    "IN_SHADOW",
     "BuildContext",
     "Guard",
     "PostStep",
@@ -44,6 +46,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: True while the current decision runs a policy in shadow mode. A step that writes state other
+#: policies read (a shared cache) skips the write then: a policy in shadow changes nothing.
+#: A context variable: right per thread and per asyncio task.
+IN_SHADOW: ContextVar[bool] = ContextVar("resilience_in_shadow", default=False)
 
 
 class StepKind(StrEnum):

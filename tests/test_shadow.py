@@ -4,6 +4,7 @@ done, and changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -138,3 +139,25 @@ def test_shadow_and_off_are_refused_where_they_mean_nothing(
     engine = make_engine(reference_yaml, stores.sync())
     with pytest.raises(Exception, match="cannot be 'shadow'"):
         engine.flags.set("search.session", "shadow", reason="tiers have no shadow")
+
+
+def test_a_policy_in_shadow_feeds_no_cache_a_live_policy_serves_from(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    # A trial policy in shadow shares the stale cache (by its default name) with the live one.
+    trial = reference_yaml.split("policies:\n", 1)[1].replace("  search:\n", "  trial:\n", 1)
+    trial = trial.replace("blend_k: 3", "blend_k: 1").replace(
+        "  trial:\n", "  trial:\n    mode: shadow\n", 1
+    )
+    text = reference_yaml + trial
+    engine = make_engine(text, stores.sync())
+    live = engine.decide(REQUEST)  # the live policy fills the cache with its own blend
+    engine.decide(
+        dataclasses.replace(REQUEST, policy="trial")
+    )  # the trial's blend must not overwrite it
+    stores.session.raises()
+    fallback = engine.decide(REQUEST)
+    assert fallback.trace.served == "stale_cache"
+    assert fallback.signals is not None and live.signals is not None
+    assert fallback.signals.categories == live.signals.categories
+    assert fallback.signals.session_weight == live.signals.session_weight

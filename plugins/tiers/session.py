@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pydantic import Field, model_validator
 
 from resilience import (
+    IN_SHADOW,
     Affinities,
     BuildContext,
     Click,
@@ -316,7 +317,8 @@ class SessionTier(Tier):
             state.event_time,
             note,
         )
-        # A late read is discarded by the engine; it must not live on in the stale cache.
-        if self._cache is not None and self._now() - t0 <= timeout:
+        # A late read is discarded by the engine; it must not live on in the stale cache. Nor
+        # may a policy in shadow mode feed a cache that live policies serve from.
+        if self._cache is not None and self._now() - t0 <= timeout and not IN_SHADOW.get():
             self._cache.remember(session_id, signals, now)
         return signals
