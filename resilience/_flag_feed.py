@@ -45,11 +45,14 @@ class FeedSnapshot(NamedTuple):
         flags: flag key -> record; ``None`` when the source could not be read (the board then
             keeps the last snapshot it had from this feed and reports it stale).
         error: why it could not be read (or why part of it was refused), else ``""``.
+        stale: the source answered, but says its values may be out of date (an OpenFeature
+            provider in state STALE): they count, reported stale.
     """
 
     source: str
     flags: Mapping[str, FlagRecord] | None
     error: str = ""
+    stale: bool = False
 
 
 #: How a feed hands a snapshot to the board. Thread-safe; never raises.

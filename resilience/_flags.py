@@ -265,6 +265,46 @@ def make_feeds(settings: FlagSettings, policy_file: str) -> list[FlagFeed]:
     return feeds
 
 
+_RANKED = frozenset(PRECEDENCE) - {"api"}
+
+
+def _ranked(feeds: Iterable[FlagFeed]) -> list[FlagFeed]:
+    """``feeds``, checked: each plays one ranked source, once."""
+    fresh = list(feeds)
+    names = [feed.name for feed in fresh]
+    for name in names:
+        if name not in _RANKED:
+            raise FlagError(
+                f"a flag source must be one of {', '.join(sorted(_RANKED))} (its name gives its "
+                f"rank), not {name!r}"
+            )
+        if names.count(name) > 1:
+            raise FlagError(f"two flag sources are named {name!r}; each rank holds one source")
+    return fresh
+
+
+class _Staging:
+    """Holds the snapshots new sources deliver while they start, until the board takes them
+    all at once; then passes deliveries straight on."""
+
+    def __init__(self, deliver: Callable[[FeedSnapshot], None], lock: threading.RLock) -> None:
+        self._deliver = deliver
+        self._lock = lock
+        self._held: dict[str, FeedSnapshot] | None = {}
+
+    def deliver(self, snapshot: FeedSnapshot) -> None:
+        with self._lock:
+            if self._held is not None:
+                self._held[snapshot.source] = snapshot  # the newest read of each source
+                return
+        self._deliver(snapshot)
+
+    def release(self) -> list[FeedSnapshot]:
+        """The snapshots held (call under the lock); later deliveries pass straight on."""
+        held, self._held = self._held or {}, None
+        return list(held.values())
+
+
 class _Feed:
     """The board's record of one source: its last good snapshot and its health."""
 
@@ -418,8 +458,15 @@ class Flags:
     # --- sources ------------------------------------------------------------------------------
 
     def start(self, feeds: Iterable[FlagFeed]) -> None:
-        """Start ``feeds``: each delivers what it knows before this returns."""
-        for feed in feeds:
+        """Start ``feeds``: each delivers what it knows before this returns.
+
+        Raises:
+            FlagError: a source whose name is not one of the ranked sources (``redis``,
+                ``file``, ``openfeature``, ``env``: the name gives the rank), or two sources
+                with one name.
+        """
+        fresh = _ranked(feeds)
+        for feed in fresh:
             with self._lock:
                 self._feeds.setdefault(feed.name, _Feed())
                 self._running.append(feed)
@@ -435,14 +482,28 @@ class Flags:
 
     def replace(self, feeds: Iterable[FlagFeed]) -> None:
         """Stop the running sources and start ``feeds`` instead (a reload changed
-        ``settings.flags``). What the dropped sources held no longer counts."""
-        fresh = list(feeds)
+        ``settings.flags``). What the replaced sources held stops counting, even under the same
+        name (another file, another Redis); the new sources' first reads count from the same
+        moment, so no flag flips on the way.
+
+        Raises:
+            FlagError: as :meth:`start`.
+        """
+        fresh = _ranked(feeds)
         self.stop()
-        with self._lock:
-            names = {"api", *(feed.name for feed in fresh)}
-            self._feeds = {name: feed for name, feed in self._feeds.items() if name in names}
-            self._update()
-        self.start(fresh)
+        staging = _Staging(self.deliver, self._lock)
+        started: list[FlagFeed] = []
+        try:
+            for feed in fresh:
+                feed.start(staging.deliver, self._keys)
+                started.append(feed)
+        finally:
+            with self._lock:
+                self._feeds = {"api": self._feeds["api"], **{f.name: _Feed() for f in fresh}}
+                self._running = started
+                for snapshot in staging.release():
+                    self._apply(snapshot)
+                self._update()
 
     def _renew_lock(self, lock: threading.RLock) -> None:
         """Use the engine's new lock (in a forked child, where the old one may be held)."""
@@ -461,29 +522,35 @@ class Flags:
         raises."""
         try:
             with self._lock:
-                feed = self._feeds.setdefault(snapshot.source, _Feed())
-                if snapshot.flags is None:
-                    if feed.healthy or feed.error != snapshot.error:
-                        first = feed.healthy
-                        feed.healthy = False
-                        feed.error = snapshot.error or "unreadable"
-                        if first:
-                            self._emit(FLAG_SOURCE_STALE, source=snapshot.source, error=feed.error)
-                        self._update()
-                    return
-                recovered = not feed.healthy
-                feed.flags = dict(snapshot.flags)
-                feed.healthy = True
-                feed.error = snapshot.error
-                feed.last_ok = self._wall()
-                if recovered:
-                    self._emit(FLAG_SOURCE_RECOVERED, source=snapshot.source)
-                self._update()
+                if self._apply(snapshot):
+                    self._update()
         except Exception as exc:  # a feed's thread must never die of the board
             with contextlib.suppress(Exception):
                 self._emit(
                     FLAG_REJECTED, key="", value="", source=snapshot.source, problem=repr(exc)
                 )
+
+    def _apply(self, snapshot: FeedSnapshot) -> bool:
+        """Record ``snapshot`` (under the lock); returns whether the flags may have changed."""
+        feed = self._feeds.setdefault(snapshot.source, _Feed())
+        was_healthy = feed.healthy
+        if snapshot.flags is None:
+            if not was_healthy and feed.error == snapshot.error:
+                return False  # told again: nothing new
+            feed.healthy = False
+            feed.error = snapshot.error or "unreadable"
+        else:
+            feed.flags = dict(snapshot.flags)
+            feed.healthy = not snapshot.stale
+            feed.error = snapshot.error or (
+                "the source reports stale values" if snapshot.stale else ""
+            )
+            feed.last_ok = self._wall()
+        if was_healthy and not feed.healthy:
+            self._emit(FLAG_SOURCE_STALE, source=snapshot.source, error=feed.error)
+        elif feed.healthy and not was_healthy:
+            self._emit(FLAG_SOURCE_RECOVERED, source=snapshot.source)
+        return True
 
     def respec(self, specs: Mapping[str, FlagSpec]) -> None:
         """Take the flags of newly loaded policies (a reload); re-merges without re-planning

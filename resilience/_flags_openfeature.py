@@ -223,10 +223,11 @@ class OpenFeatureFlagFeed:
         error = ""
         if refused:
             error = f"left out flags the provider {provider_name!r} holds: {', '.join(refused)}"
-        if status == ProviderStatus.STALE:
-            stale = f"the provider {provider_name!r} reports its flags as stale"
-            error = f"{stale}; {error}" if error else stale
-        return FeedSnapshot(self.name, flags, error)
+        stale = status == ProviderStatus.STALE
+        if stale:
+            note = f"the provider {provider_name!r} reports its flags as stale"
+            error = f"{note}; {error}" if error else note
+        return FeedSnapshot(self.name, flags, error, stale)
 
     def _domain(self) -> str:
         domain = self.options.domain

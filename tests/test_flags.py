@@ -404,3 +404,54 @@ def test_a_board_without_sources_still_serves_the_api() -> None:
     board.set("p", "off", reason="test")
     assert board.modes() == {"p": Mode.OFF}
     assert changes == [1]
+
+
+def board(
+    text: str = "version: 1\npolicies:\n  p:\n    chain: [unpersonalized]\n",
+) -> tuple[Flags, RecordingSink]:
+    sink = RecordingSink()
+    flags = Flags(
+        flag_specs(load_policies(text)), sink, lambda: 0.0, lambda: None, threading.RLock()
+    )
+    return flags, sink
+
+
+def test_a_replaced_source_stops_counting_and_its_successor_counts_without_a_flip() -> None:
+    flags, sink = board()
+    flags.start([HandFlags("file", {"p": "off"})])
+    assert flags.get("p").value is Mode.OFF
+    flags.replace([HandFlags("file", {"p": "off"})])  # another file that says the same
+    assert [e["new"] for e in sink.of(FLAG_CHANGED)] == ["off"]  # no off -> on -> off
+    unreadable = HandFlags("file")
+    unreadable.unreachable("no such file")
+    flags.replace([unreadable])  # a file that cannot be read: nothing is known from it
+    state = flags.get("p")
+    assert (state.value, state.source) == (Mode.ON, "policy")
+    assert [e["new"] for e in sink.of(FLAG_CHANGED)] == ["off", "on"]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [(["launchdarkly"], "not 'launchdarkly'"), (["api"], "not 'api'"), (["file", "file"], "two")],
+)
+def test_a_source_must_play_one_ranked_source_once(
+    reference_yaml: str, stores: Stores, names: list[str], message: str
+) -> None:
+    with pytest.raises(FlagError, match=message):
+        Engine(
+            load_policies(reference_yaml),
+            stores.sync(),
+            events=RecordingSink(),
+            flag_feeds=[HandFlags(name) for name in names],
+        )
+
+
+def test_values_a_source_reports_stale_count_and_are_marked_stale() -> None:
+    flags, sink = board()
+    flags.deliver(FeedSnapshot("openfeature", {"p": FlagRecord("off")}, "provider stale", True))
+    state = flags.get("p")
+    assert (state.value, state.source, state.stale) == (Mode.OFF, "openfeature", True)
+    assert sink.of(FLAG_SOURCE_STALE) == [{"source": "openfeature", "error": "provider stale"}]
+    flags.deliver(FeedSnapshot("openfeature", {"p": FlagRecord("off")}))
+    assert not flags.get("p").stale
+    assert sink.of(FLAG_SOURCE_RECOVERED) == [{"source": "openfeature"}]

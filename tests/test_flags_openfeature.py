@@ -294,6 +294,7 @@ def test_a_stale_provider_still_delivers_and_says_so(
     _, seen = make_feed(refresh_every=60.0)
     provider.emit_provider_stale(ProviderEventDetails())
     assert wait_for(lambda: "stale" in seen.last().error, 5)
+    assert seen.last().stale and seen.last().flags is not None
     assert seen.value("search.session") == "off"
 
 
