@@ -93,6 +93,9 @@ _SHADOW = Outcome.SHADOW
 #: it is what the grace leaves room for).
 RETIRE_AFTER = 5.0
 
+#: Seconds close() waits for a reload in progress to finish.
+_CLOSE_WAITS_FOR_RELOAD = 30.0
+
 
 class ReloadResult(NamedTuple):
     """What :meth:`Engine.reload` did.
@@ -288,7 +291,9 @@ class Engine:
         # Every change to plans, flags or the running generation happens under this lock;
         # requests never take it.
         self._lock = threading.RLock()
-        self._reloading = threading.Lock()
+        # Held by a reload from parse to swap, and by close(): a reload never half-happens
+        # around a close. Reentrant, so that close() from inside a reload's thread cannot hang.
+        self._reloading = threading.RLock()
         renew_locks_after_fork(self)
         self._retiring: list[tuple[Generation, threading.Timer | None]] = []
         self._watch: FileWatch | None = None
@@ -493,6 +498,9 @@ class Engine:
         if feeds_changed:
             self.flags.replace(feeds)
         self._retire(previous, generation)
+        if self._closed:  # close() gave up waiting for this reload: release what it started
+            self.flags.stop()
+            self._shut_retiring()
         changed = tuple(
             sorted(
                 name
@@ -1016,12 +1024,19 @@ class Engine:
 
     def _shut(self) -> list[Generation] | None:
         """Stop everything that runs in the background; ``None`` if already closed."""
-        with self._lock:
-            if self._closed:
-                return None
-            self._closed = True
-            watch, self._watch = self._watch, None
-            retiring, self._retiring = self._retiring, []
+        # A reload in progress finishes first (its new flag sources and retirement included),
+        # unless it is stuck: then it finds the engine closed and releases what it made.
+        waited = self._reloading.acquire(timeout=_CLOSE_WAITS_FOR_RELOAD)
+        try:
+            with self._lock:
+                if self._closed:
+                    return None
+                self._closed = True
+                watch, self._watch = self._watch, None
+                retiring, self._retiring = self._retiring, []
+        finally:
+            if waited:
+                self._reloading.release()
         if watch is not None:
             watch.stop()
         self.flags.stop()
@@ -1030,11 +1045,19 @@ class Engine:
                 timer.cancel()
         return [old for old, _ in retiring]
 
+    def _shut_retiring(self) -> None:
+        with self._lock:
+            retiring, self._retiring = self._retiring, []
+        for old, timer in retiring:
+            if timer is not None:
+                timer.cancel()
+            old.retire(self._generation)
+
     def _renew_locks_after_fork(self) -> None:
         # In a forked child: a parent thread may have held these at the fork (a flag change, a
         # reload in progress; that reload is dropped in the child, whose watch runs again).
         self._lock = threading.RLock()
-        self._reloading = threading.Lock()
+        self._reloading = threading.RLock()
         self.flags._renew_lock(self._lock)
         # Retirement timers are threads: gone in the child. Their generations close at close().
         self._retiring = [(old, None) for old, _ in self._retiring]

@@ -374,3 +374,42 @@ def test_a_refused_reload_leaves_the_running_cache_as_it_was_and_a_good_one_may_
     assert engine.reload(smaller).ok
     assert (cache.max_entries, cache.ttl) == (10, 60.0)
     assert len(cache) == 1  # the entries stayed
+
+
+def test_close_during_a_reload_leaves_no_thread_running(
+    tmp_path: Any, reference_yaml: str, stores: Stores, fake_clock: FakeClock
+) -> None:
+    (tmp_path / "flags.yaml").write_text("flags: {}\n")
+    path = tmp_path / "policies.yaml"
+    path.write_text(reference_yaml)
+    engine = Engine(
+        load_policies(reference_yaml, file=str(path)),
+        stores.sync(),
+        clock=fake_clock,
+        events=RecordingSink(),
+    )
+    # Catch the reload after its swap, just before it starts the new flag sources.
+    swapped, proceed = threading.Event(), threading.Event()
+    replace = engine.flags.replace
+
+    def caught(feeds: Any) -> None:
+        swapped.set()
+        proceed.wait(30)
+        replace(feeds)
+
+    engine.flags.replace = caught  # type: ignore[method-assign]
+    changed = reference_yaml.replace("settings:\n", "settings:\n  flags:\n    file: flags.yaml\n")
+    reloading = threading.Thread(target=engine.reload, args=(changed,))
+    reloading.start()
+    assert swapped.wait(30)
+    closing = threading.Thread(target=engine.close)
+    closing.start()
+    closing.join(0.2)  # close() must wait for the reload rather than slip in before the start
+    proceed.set()
+    reloading.join(30)
+    closing.join(30)
+    assert not reloading.is_alive() and not closing.is_alive()
+    assert wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("resilience-flags")], 10
+    ), [t.name for t in threading.enumerate()]
+    assert engine.decide(RETURNING).trace.reason is Reason.CLOSED
