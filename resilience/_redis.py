@@ -27,7 +27,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -284,6 +284,17 @@ class _Slots:
                 client.close()
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop, closing: Coroutine[Any, Any, Any]) -> None:
+    """Run ``closing`` on ``loop`` if it still runs; a stopped loop's connections went with it."""
+    if loop.is_closed() or not loop.is_running():
+        closing.close()  # dropped without a "never awaited" warning
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(closing, loop)
+    except RuntimeError:  # the loop closed meanwhile
+        closing.close()
+
+
 class RedisSessionStore:
     """A session store on Redis for both ``decide`` (sync client) and ``adecide`` (asyncio).
 
@@ -483,14 +494,20 @@ class RedisSessionStore:
     # --- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the sync connections (the asyncio ones go with :meth:`aclose`)."""
+        """Close the sync connections, and have every event loop that still runs close its
+        asyncio ones (from any thread: a reload retires sources from a timer thread)."""
         self._pool.disconnect()
         if self._slots is not None:
             self._slots.close()
+        for loop, pool in list(self._apools.items()):
+            self._apools.pop(loop, None)
+            _on_loop(loop, pool.disconnect())
+        for loop, (cluster, _) in list(self._aclusters.items()):
+            self._aclusters.pop(loop, None)
+            _on_loop(loop, cluster.aclose())
 
     async def aclose(self) -> None:
-        """Close every connection, sync and those of the running loop."""
-        self.close()
+        """Close every connection: those of the running loop now, the others as :meth:`close`."""
         loop = asyncio.get_running_loop()
         pool = self._apools.pop(loop, None)
         if pool is not None:
@@ -499,3 +516,4 @@ class RedisSessionStore:
         if entry is not None:
             with suppress(Exception):
                 await entry[0].aclose()
+        self.close()

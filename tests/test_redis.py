@@ -316,3 +316,35 @@ def test_an_async_read_timeout_never_passes_a_late_reply_to_the_next_caller(
     assert isinstance(first, TimeoutError)  # not None: a cut read is no miss
     assert second is not None
     assert second.clicks[0].item_id == "C"  # C's own reply, not B's late one
+
+
+def test_a_reload_that_drops_a_redis_source_closes_its_asyncio_connections(
+    server: RedisServer,
+) -> None:
+    import redis
+
+    server.set("sess:s1", json.dumps(SESSION))
+    engine = Engine(load_policies(policy(server.url)), {}, events=RecordingSink(), retire_after=0.0)
+    watcher = redis.Redis.from_url(server.url)
+
+    def clients() -> int:
+        return len(watcher.client_list()) - 1  # without the watcher itself
+
+    async def serve_then_reload() -> None:
+        assert (await engine.adecide(REQUEST)).trace.served == "session"
+        assert clients() >= 1  # the asyncio pool's connection
+        changed = policy(server.url).replace("max_connections: 4", "max_connections: 5")
+        result = await asyncio.to_thread(engine.reload, changed)
+        assert result.ok
+        # The old source retires on a timer thread; its loop (this one) closes the connection.
+        for _ in range(500):
+            if clients() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert clients() == 0
+
+    try:
+        asyncio.run(serve_then_reload())
+    finally:
+        watcher.close()
+        engine.close()
