@@ -19,7 +19,7 @@ from typing import Any
 
 from ._errors import PolicyValidationError
 from ._flag_feed import FlagRecord
-from ._flags import FlagError, Flags, FlagState, flag_specs, make_feeds
+from ._flags import PRECEDENCE, FlagError, Flags, FlagState, flag_specs, make_feeds
 from ._policy import PolicySet, load_policies_file
 from .events import NullSink
 
@@ -287,7 +287,10 @@ def _write(args: argparse.Namespace, value: str | None) -> int:
         f"{args.key}: {before.value.value} -> {after.value.value} "
         f"(wrote {value or 'cleared'} to {where}, by {by}: {args.reason})"
     )
-    if after.source != target and (value is None or after.value.value != value):
+    outranks = after.source in PRECEDENCE and PRECEDENCE.index(after.source) < PRECEDENCE.index(
+        target
+    )
+    if outranks and (value is None or after.value.value != value):
         print(
             f"warning: {after.source} holds {after.value.value!r} for {args.key} and takes "
             f"precedence over {target}",

@@ -65,10 +65,11 @@ def test_set_get_and_clear_through_the_flags_file(
     assert rows["search.error_rate"]["value"] == "shadow"
     assert rows["search"]["source"] == "policy"
 
-    code, out, _ = run(
+    code, out, err = run(
         capsys, "flags", "clear", "search.error_rate", "--reason", "done", "--policies", file_policy
     )
     assert code == 0 and "shadow -> on" in out
+    assert err == ""  # the policy's own mode decides again: nothing outranks the file
 
 
 def test_the_environment_of_the_shell_shows_in_list(
