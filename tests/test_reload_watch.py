@@ -7,13 +7,22 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from resilience import Affinities, Engine, Reason, RequestContext, SessionState, load_policies
+from resilience import (
+    Affinities,
+    Click,
+    Engine,
+    Reason,
+    RequestContext,
+    SessionState,
+    load_policies,
+)
 from resilience._engine import POLICY_RELOADED, RELOAD_FAILED
 from resilience.testing import RecordingSink, wait_for
 
@@ -25,7 +34,7 @@ WAIT = 30.0  # generous: the machine is shared; a pass takes milliseconds
 
 def stores() -> dict[str, Any]:
     return {
-        "session_store": {"s1": SessionState()}.get,
+        "session_store": {"s1": SessionState((Click("i1", "books", time.time()),))}.get,
         "profile_store": {"u1": Affinities({"books": 1.0})}.get,
         "segment_store": {}.get,
     }
