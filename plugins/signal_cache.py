@@ -28,7 +28,7 @@ from contextlib import suppress
 
 from cachetools import TTLCache
 
-from resilience import Signals
+from resilience import Signals, hold_across_forks
 
 __all__ = ["DEFAULT_MAX_ENTRIES", "SignalCache", "cache_key"]
 
@@ -72,10 +72,13 @@ class SignalCache:
         self._reinsert_after = math.inf
         self._entries: TTLCache[str, _Entry] = self._new_cache(max_entries)
         self._lock = threading.Lock()
+        hold_across_forks(self, "_lock", rank=2)
         self._sized = False
         # What a build that renewed this cache declared, [size, ttl], applied by settle() once
         # that build runs: a refused build must not resize the cache the running one uses.
         self._staged: list[float | None] | None = None
+        # While settle() builds the resized cache: the entries written meanwhile, by key.
+        self._written: dict[str, _Entry] | None = None
         #: step ids that write / read this cache, for the build-time wiring check.
         self.writers: list[str] = []
         self.readers: list[str] = []
@@ -138,7 +141,9 @@ class SignalCache:
                     entries[key] = entry  # the same entry: its TTL starts again
                 # No expire() here: only inserts add entries, and each insert expires first.
             else:
-                entries[key] = _Entry(signals, now)  # expires what is due first
+                fresh = entries[key] = _Entry(signals, now)  # expires what is due first
+                if self._written is not None:  # settle() is moving the entries: carry it too
+                    self._written[key] = fresh
 
     def recall(self, key: str) -> tuple[Signals, float] | None:
         """The last good signals for ``key`` and when they were last confirmed, if any."""
@@ -170,19 +175,38 @@ class SignalCache:
 
     def settle(self) -> None:
         """The build that renewed this cache is running: take the size and TTL its readers
-        declared, smaller ones included (the entries stay, the least recent beyond the new
-        size go)."""
+        declared, smaller ones included. Nothing happens when they are unchanged. Otherwise
+        the entries move to a cache of the new shape, built without holding the lock (requests
+        keep reading and writing the old one meanwhile; their writes are carried across), the
+        most recently confirmed entries kept when the new size is smaller."""
         with self._lock:
             staged, self._staged = self._staged, None
             if staged is None:
                 return
             size, ttl = staged
-            if ttl is not None:
-                self._ttl = ttl
-                self._reinsert_after = ttl * _REINSERT_SHARE
             if size is not None:
                 self._sized = True
-            self._rebuild(int(size) if size is not None else self.max_entries)
+            new_size = int(size) if size is not None else self.max_entries
+            new_ttl = ttl if ttl is not None else self._ttl
+            if new_size == self.max_entries and new_ttl == self._ttl:
+                return
+            entries = list(self._entries.items())
+            self._written = {}
+        reinsert_after = math.inf if new_ttl is None else new_ttl * _REINSERT_SHARE
+        lifetime = math.inf if new_ttl is None else new_ttl + reinsert_after
+        fresh: TTLCache[str, _Entry] = TTLCache(maxsize=new_size, ttl=lifetime, timer=self._timer)
+        now = self._timer()
+        # Oldest confirmation first: when the cache is smaller, the least recent ones go.
+        for key, entry in sorted(entries, key=lambda item: item[1].fetched_at):
+            entry.inserted_at = min(entry.inserted_at, now)
+            fresh[key] = entry
+        with self._lock:
+            written, self._written = self._written or {}, None
+            for key, entry in written.items():
+                fresh[key] = entry
+            self._entries = fresh
+            self._ttl = new_ttl
+            self._reinsert_after = reinsert_after
 
     def close(self) -> None:
         with self._lock:

@@ -31,6 +31,7 @@ from ._errors import (
 from ._flag_feed import FeedSnapshot, FlagFeed, FlagRecord
 from ._flag_settings import FlagSettings
 from ._flags import PRECEDENCE, EnvFlagFeed, FlagError, Flags, FlagSpec, FlagState, SourceHealth
+from ._fork import hold_across_forks
 from ._model import (
     Affinities,
     Candidate,
@@ -157,6 +158,7 @@ __all__ = [
     "category_entropy",
     "decode_session",
     "format_duration",
+    "hold_across_forks",
     "hookimpl",
     "load_policies",
     "load_policies_file",

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ._clock import Clock
 from ._durations import Duration
 from ._fleet import FleetOptions
+from ._fork import hold_across_forks
 from .events import EventSink, NullSink, register_event
 
 __all__ = [
@@ -267,6 +268,7 @@ class CircuitBreaker:
         self.closed_wall = 0.0
         self._events = events or NullSink()
         self._lock = threading.Lock()
+        hold_across_forks(self, "_lock", rank=2)
         self._window: CountWindow | TimeWindow = (
             CountWindow(options.size)
             if options.window == "count"

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 from ._errors import BulkheadFull
+from ._fork import hold_across_forks
 from .events import EventSink, NullSink, register_event
 
 __all__ = ["BULKHEAD_ABANDONED", "Bulkhead", "BulkheadStats"]
@@ -79,6 +80,7 @@ class Bulkhead:
     """
 
     __slots__ = (
+        "__weakref__",
         "_abandoned",
         "_abandoned_futures",
         "_closed",
@@ -108,9 +110,17 @@ class Bulkhead:
         self._rejected = 0
         self._abandoned = 0
         self._closed = False
+        hold_across_forks(self, "_lock", rank=2)
 
     def __repr__(self) -> str:
         return f"Bulkhead({self.name!r}, max_concurrent={self.max_concurrent})"
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's workers and the calls they ran are not in the child: start empty, and
+        # let the next calls start workers of the child's own.
+        self._queue = queue.SimpleQueue()
+        self._in_flight = 0
+        self._threads = 0
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any

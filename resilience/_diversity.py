@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._durations import Duration
+from ._fork import hold_across_forks
 from ._model import Candidate
 
 __all__ = [
@@ -127,6 +128,7 @@ class DiversityMonitor:
         self._width = settings.window / settings.buckets
         self._buckets = [_Bucket() for _ in range(settings.buckets)]
         self._lock = threading.Lock()
+        hold_across_forks(self, "_lock", rank=2)
 
     def _bucket(self) -> _Bucket:
         epoch = int(self._now() / self._width)

@@ -41,7 +41,7 @@ from ._errors import (
 from ._flag_feed import FlagFeed
 from ._flags import Flags, FlagState, flag_specs, make_feeds
 from ._fleet import FleetSync
-from ._fork import renew_locks_after_fork
+from ._fork import hold_across_forks
 from ._generation import Compiled, Generation
 from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
@@ -294,7 +294,8 @@ class Engine:
         # Held by a reload from parse to swap, and by close(): a reload never half-happens
         # around a close. Reentrant, so that close() from inside a reload's thread cannot hang.
         self._reloading = threading.RLock()
-        renew_locks_after_fork(self)
+        # A fork waits for a reload or a flag change in progress: the child starts consistent.
+        hold_across_forks(self, "_reloading", "_lock", rank=0)
         self._retiring: list[tuple[Generation, threading.Timer | None]] = []
         self._watch: FileWatch | None = None
         self._given_feeds = flag_feeds
@@ -1053,14 +1054,14 @@ class Engine:
                 timer.cancel()
             old.retire(self._generation)
 
-    def _renew_locks_after_fork(self) -> None:
-        # In a forked child: a parent thread may have held these at the fork (a flag change, a
-        # reload in progress; that reload is dropped in the child, whose watch runs again).
-        self._lock = threading.RLock()
-        self._reloading = threading.RLock()
-        self.flags._renew_lock(self._lock)
+    def _after_fork_in_child(self) -> None:
         # Retirement timers are threads: gone in the child. Their generations close at close().
         self._retiring = [(old, None) for old, _ in self._retiring]
+        # Normally the fork waited for any change in progress; if it could not (something was
+        # stuck), make the child consistent from what it has: flags merged, plans made anew.
+        self.flags._remerge()
+        self._plans = self._plan(self._generation)
+        self._generation.settle()
 
     def _emit(self, event: str, **fields: Any) -> None:
         with contextlib.suppress(Exception):

@@ -349,6 +349,7 @@ class Flags:
         # why an in-process setting was cleared, for the audit event of what follows it
         self._cleared: dict[str, tuple[str, str]] = {}
         self._order = {name: rank for rank, name in enumerate(PRECEDENCE)}
+        self._staging: _Staging | None = None
         self._effective: dict[str, FlagState] = self._merge()
 
     # --- reading ------------------------------------------------------------------------------
@@ -491,7 +492,7 @@ class Flags:
         """
         fresh = _ranked(feeds)
         self.stop()
-        staging = _Staging(self.deliver, self._lock)
+        staging = self._staging = _Staging(self.deliver, self._lock)
         started: list[FlagFeed] = []
         try:
             for feed in fresh:
@@ -503,11 +504,19 @@ class Flags:
                 self._running = started
                 for snapshot in staging.release():
                     self._apply(snapshot)
+                self._staging = None
                 self._update()
 
-    def _renew_lock(self, lock: threading.RLock) -> None:
-        """Use the engine's new lock (in a forked child, where the old one may be held)."""
-        self._lock = lock
+    def _remerge(self) -> None:
+        """Merge again, quietly (in a forked child, whose last change may have been cut
+        short): the engine plans afresh right after."""
+        with self._lock:
+            self._effective = self._merge()
+            if self._staging is not None:  # a replace() cut short: take what it held
+                for snapshot in self._staging.release():
+                    self._apply(snapshot)
+                self._staging = None
+                self._effective = self._merge()
 
     def refresh(self) -> None:
         """Read every source now."""

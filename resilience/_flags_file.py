@@ -45,7 +45,7 @@ import yaml
 
 from ._errors import PolicyIssue
 from ._flag_feed import Deliver, FeedSnapshot, FlagRecord
-from ._fork import renew_locks_after_fork
+from ._fork import hold_across_forks
 from ._watch import FileWatch
 from ._yaml import Located, Path, format_path, read_yaml
 
@@ -92,7 +92,7 @@ class FileFlagFeed:
         self._poll_every = poll_every
         # One read-and-deliver at a time: the last snapshot delivered is the last one read.
         self._lock = threading.RLock()
-        renew_locks_after_fork(self)
+        hold_across_forks(self, "_lock", rank=1)
         self._deliver: Deliver | None = None
         self._watch: FileWatch | None = None
 
@@ -133,9 +133,6 @@ class FileFlagFeed:
             snapshot = self.read()
             with contextlib.suppress(Exception):  # a deliver never raises; a bug must not kill us
                 deliver(snapshot)
-
-    def _renew_locks_after_fork(self) -> None:
-        self._lock = threading.RLock()  # a delivery in the parent may have held it at the fork
 
     def stop(self) -> None:
         """Stop watching: nothing is delivered after this returns but a delivery already under

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._durations import Duration
 from ._errors import BulkheadFull, GarbageData
+from ._fork import hold_across_forks
 from ._model import Click, SessionState
 
 __all__ = ["RedisOptions", "RedisSessionStore", "SessionFormat", "decode_session"]
@@ -241,6 +242,7 @@ class _Slots:
         self._name = name
         self._client: Any = None
         self._lock = threading.Lock()
+        hold_across_forks(self, "_lock", rank=2)
         self._busy = False
         self._last_try = -math.inf
 

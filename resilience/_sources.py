@@ -36,6 +36,7 @@ from ._breaker import BreakerOptions, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
 from ._errors import BreakerOpen, BulkheadFull, GarbageData
+from ._fork import hold_across_forks
 from ._redis import RedisOptions, RedisSessionStore
 from ._retry import RetryOptions, RetryPolicy
 from .events import EventSink
@@ -409,6 +410,7 @@ class MemorySource(Generic[T]):
     def __init__(self, data: Mapping[str, T] | None = None) -> None:
         self._data: MutableMapping[str, T] = dict(data or {})
         self._lock = threading.Lock()
+        hold_across_forks(self, "_lock", rank=2)
 
     def __call__(self, key: str) -> T | None:
         return self._data.get(key)

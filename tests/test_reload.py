@@ -25,6 +25,7 @@ from resilience import (
     SessionState,
     Tier,
     TierParams,
+    _fork,
     hookimpl,
     load_policies,
 )
@@ -304,22 +305,8 @@ def test_a_new_plugin_allowlist_resolves_step_types_anew(
     assert "off_for" not in engine.policies.plugins.step_types
 
 
-def test_a_child_forked_while_the_locks_were_held_can_still_flip_reload_and_close(
-    reference_yaml: str, stores: Stores, fake_clock: FakeClock
-) -> None:
-    engine = Engine(
-        load_policies(reference_yaml), stores.sync(), clock=fake_clock, events=RecordingSink()
-    )
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:  # a flag change and a reload, in progress in the parent at the fork
-        with engine._lock, engine._reloading:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert held.wait(30)
+def _fork_and_check(engine: Engine, reference_yaml: str) -> int | None:
+    """Fork; the child flips, reloads, decides and closes. Returns the child's exit status."""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -331,22 +318,54 @@ def test_a_child_forked_while_the_locks_were_held_can_still_flip_reload_and_clos
             code = 0 if reloaded.ok and off else 2
         finally:
             os._exit(code)
-    release.set()
-    holder.join()
     try:
         deadline = time.monotonic() + 30
-        status = None
-        while status is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             done, raw = os.waitpid(pid, os.WNOHANG)
-            status = os.waitstatus_to_exitcode(raw) if done else None
+            if done:
+                return os.waitstatus_to_exitcode(raw)
             time.sleep(0.01)
-        assert status == 0, (
-            "the child hung on a lock held at the fork" if status is None else status
-        )
+        return None
     finally:
         with contextlib.suppress(ProcessLookupError, ChildProcessError):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("stuck", [False, True], ids=["finishes", "stuck"])
+def test_a_fork_during_a_change_gives_a_child_that_can_flip_reload_and_close(
+    reference_yaml: str,
+    stores: Stores,
+    fake_clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    stuck: bool,
+) -> None:
+    """A fork waits for a flag change or a reload in progress; one stuck past FORK_WAIT is
+    forked through, and the child's locks are re-initialized all the same."""
+    monkeypatch.setattr(_fork, "FORK_WAIT", 0.05 if stuck else 30.0)
+    engine = Engine(
+        load_policies(reference_yaml), stores.sync(), clock=fake_clock, events=RecordingSink()
+    )
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # a flag change and a reload, in progress in the parent at the fork
+        with engine._reloading, engine._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    if not stuck:
+        threading.Timer(0.1, release.set).start()  # the change finishes while fork() waits
+    try:
+        status = _fork_and_check(engine, reference_yaml)
+        assert status == 0, (
+            "the child hung on a lock held at the fork" if status is None else status
+        )
+    finally:
+        release.set()
+        holder.join()
         engine.close()
 
 

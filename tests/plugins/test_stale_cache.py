@@ -300,3 +300,57 @@ def test_a_million_sessions_stay_within_the_bound(fake_clock: FakeClock) -> None
     assert peak < 2_000_000, f"tracemalloc peak {peak} bytes"
     assert most_blocks < 50_000, f"{most_blocks} more blocks allocated"
     print(f"1M sessions: {elapsed:.1f}s, peak {peak / 1e6:.2f} MB, +{most_blocks} blocks")
+
+
+def _signals(n: int) -> Signals:
+    return Signals({f"c{n}": 1.0}, {}, "t")
+
+
+def test_settle_leaves_an_unchanged_cache_alone_and_a_smaller_one_keeps_the_most_recent() -> None:
+    clock = FakeClock()
+    cache = SignalCache(timer=clock.wall)
+    cache.ensure_capacity(100)
+    cache.ensure_ttl(300.0)
+    for n in range(10):
+        cache.remember(f"s{n}", _signals(n), clock.wall() - 100 + n)  # s9 confirmed last
+    cache.remember("s0", _signals(0), clock.wall())  # ... then s0 again: the most recent
+    entries = cache._entries
+    cache.renew()
+    cache.ensure_capacity(100)
+    cache.ensure_ttl(300.0)
+    cache.settle()
+    assert cache._entries is entries  # same shape: no rebuild, no pause for requests
+
+    cache.renew()
+    cache.ensure_capacity(3)
+    cache.ensure_ttl(300.0)
+    cache.settle()
+    assert cache.max_entries == 3
+    assert {key for key in ("s0", "s8", "s9") if cache.recall(key) is not None} == {
+        "s0",
+        "s8",
+        "s9",
+    }
+
+
+def test_writes_made_while_settle_resizes_are_kept() -> None:
+    clock = FakeClock()
+    armed: list[bool] = []
+
+    def timer() -> float:  # settle()'s first reading without the lock: a request writes then
+        if armed == [True] and not cache._lock.locked():
+            armed.append(False)
+            cache.remember("during", _signals(2), clock.wall())
+        return clock.wall()
+
+    cache = SignalCache(timer=timer)
+    cache.ensure_capacity(100)
+    cache.remember("old", _signals(1), clock.wall())
+    cache.renew()
+    cache.ensure_capacity(50)
+    armed.append(True)
+    cache.settle()
+    assert armed == [True, False]  # the write did happen mid-settle
+    assert cache.max_entries == 50
+    assert cache.recall("old") is not None
+    assert cache.recall("during") is not None
