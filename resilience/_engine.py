@@ -39,7 +39,7 @@ from ._errors import (
     PolicyValidationError,
 )
 from ._flag_feed import FlagFeed
-from ._flags import Flags, FlagState, flag_specs, make_feeds
+from ._flags import PRECEDENCE, Flags, FlagState, declared_changes, flag_specs, make_feeds
 from ._fleet import FleetSync
 from ._fork import hold_across_forks
 from ._generation import Compiled, Generation
@@ -479,8 +479,13 @@ class Engine:
         feeds_changed = (
             self._given_feeds is None and policies.settings.flags != running.settings.flags
         )
+        changed_sources = declared_changes(running.settings.flags, policies.settings.flags)
         try:
-            feeds = self._feeds(policies) if feeds_changed else []
+            feeds = (
+                make_feeds(policies.settings.flags, policies.file, only=changed_sources)
+                if feeds_changed
+                else []
+            )
         except PolicyValidationError as exc:
             generation.release_new(previous)
             return self._refused(file, exc.issues)
@@ -497,7 +502,8 @@ class Engine:
             self._plans = self._plan(generation)
         generation.settle()
         if feeds_changed:
-            self.flags.replace(feeds)
+            # Sources whose declaration did not change go on running; removed ones stop.
+            self.flags.replace(feeds, keep=set(PRECEDENCE) - changed_sources)
         self._retire(previous, generation)
         if self._closed:  # close() gave up waiting for this reload: release what it started
             self.flags.stop()
@@ -1015,7 +1021,8 @@ class Engine:
     async def aclose(self) -> None:
         """The asyncio form of :meth:`close`; also closes the asyncio connections of sources the
         engine made itself (Redis)."""
-        retiring = self._shut()
+        # Off the event loop: it waits for a reload in progress and joins background threads.
+        retiring = await asyncio.to_thread(self._shut)
         if retiring is None:
             return
         for old in retiring:

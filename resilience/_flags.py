@@ -48,6 +48,7 @@ __all__ = [
     "FlagState",
     "Flags",
     "SourceHealth",
+    "declared_changes",
     "flag_specs",
     "make_feeds",
     "parse_mode",
@@ -222,26 +223,30 @@ class EnvFlagFeed:
         self._deliver = None
 
 
-def make_feeds(settings: FlagSettings, policy_file: str) -> list[FlagFeed]:
-    """The flag sources ``settings.flags`` declares, not yet started.
+def make_feeds(
+    settings: FlagSettings, policy_file: str, only: Iterable[str] | None = None
+) -> list[FlagFeed]:
+    """The flag sources ``settings.flags`` declares (those named in ``only``, if given), not
+    yet started.
 
     Raises:
         PolicyValidationError: a source cannot be made (an unset ``url_env``, a missing extra).
     """
     feeds: list[FlagFeed] = []
-    if settings.env_prefix is not None:
+    wanted = set(only) if only is not None else set(_RANKED)
+    if settings.env_prefix is not None and "env" in wanted:
         feeds.append(EnvFlagFeed(settings.env_prefix))
-    if settings.file is not None:
+    if settings.file is not None and "file" in wanted:
         from ._flags_file import FileFlagFeed  # noqa: PLC0415 - the watcher starts only if used
 
         base = os.path.dirname(policy_file) if os.path.isfile(policy_file) else os.getcwd()
         feeds.append(FileFlagFeed(os.path.join(base, settings.file)))
     try:
-        if settings.redis is not None:
+        if settings.redis is not None and "redis" in wanted:
             from ._flags_redis import RedisFlagFeed  # noqa: PLC0415 - the redis extra
 
             feeds.append(RedisFlagFeed(settings.redis))
-        if settings.openfeature is not None:
+        if settings.openfeature is not None and "openfeature" in wanted:
             from ._flags_openfeature import OpenFeatureFlagFeed  # noqa: PLC0415 - optional extra
 
             feeds.append(OpenFeatureFlagFeed(settings.openfeature))
@@ -303,6 +308,17 @@ class _Staging:
         """The snapshots held (call under the lock); later deliveries pass straight on."""
         held, self._held = self._held or {}, None
         return list(held.values())
+
+
+def declared_changes(old: FlagSettings, new: FlagSettings) -> set[str]:
+    """The sources whose declaration differs between ``old`` and ``new`` settings."""
+    pairs = {
+        "env": (old.env_prefix, new.env_prefix),
+        "file": (old.file, new.file),
+        "redis": (old.redis, new.redis),
+        "openfeature": (old.openfeature, new.openfeature),
+    }
+    return {name for name, (before, after) in pairs.items() if before != after}
 
 
 class _Feed:
@@ -481,31 +497,51 @@ class Flags:
             with contextlib.suppress(Exception):
                 feed.stop()
 
-    def replace(self, feeds: Iterable[FlagFeed]) -> None:
-        """Stop the running sources and start ``feeds`` instead (a reload changed
-        ``settings.flags``). What the replaced sources held stops counting, even under the same
-        name (another file, another Redis); the new sources' first reads count from the same
-        moment, so no flag flips on the way.
+    def replace(self, feeds: Iterable[FlagFeed], *, keep: Iterable[str] = ()) -> None:
+        """Apply a reload that changed ``settings.flags``: the running sources named in
+        ``keep`` (their settings did not change) go on as they are; the others stop, and
+        ``feeds`` start in their place.
+
+        A source that takes the place of one of the same name (another file, another Redis)
+        starts from its predecessor's values: they hold, reported stale, until the new source's
+        first good read replaces them, so that an unreadable new source flips no flag. A source
+        no longer declared stops counting. The new sources' first reads all count from one
+        moment. Never raises for a source that fails to start: it counts as unreadable.
 
         Raises:
             FlagError: as :meth:`start`.
         """
         fresh = _ranked(feeds)
-        self.stop()
+        kept = set(keep) - {feed.name for feed in fresh}
+        with self._lock:
+            running = self._running
+            staying = [feed for feed in running if feed.name in kept]
+            self._running = staying
+        for feed in running:
+            if feed not in staying:
+                with contextlib.suppress(Exception):
+                    feed.stop()
         staging = self._staging = _Staging(self.deliver, self._lock)
         started: list[FlagFeed] = []
-        try:
-            for feed in fresh:
+        for feed in fresh:
+            try:
                 feed.start(staging.deliver, self._keys)
-                started.append(feed)
-        finally:
-            with self._lock:
-                self._feeds = {"api": self._feeds["api"], **{f.name: _Feed() for f in fresh}}
-                self._running = started
-                for snapshot in staging.release():
-                    self._apply(snapshot)
-                self._staging = None
-                self._update()
+            except Exception as exc:  # counted as unreadable: the last values hold
+                staging.deliver(FeedSnapshot(feed.name, None, f"could not start: {exc!r}"))
+                with contextlib.suppress(Exception):
+                    feed.stop()
+                continue
+            started.append(feed)
+        with self._lock:
+            names = {"api", *kept, *(feed.name for feed in fresh)}
+            self._feeds = {name: f for name, f in self._feeds.items() if name in names}
+            for feed in fresh:
+                self._feeds.setdefault(feed.name, _Feed())
+            self._running = [*staying, *started]
+            for snapshot in staging.release():
+                self._apply(snapshot)
+            self._staging = None
+            self._update()
 
     def _remerge(self) -> None:
         """Merge again, quietly (in a forked child, whose last change may have been cut

@@ -290,6 +290,15 @@ def _write(args: argparse.Namespace, value: str | None) -> int:
     outranks = after.source in PRECEDENCE and PRECEDENCE.index(after.source) < PRECEDENCE.index(
         target
     )
+    rank = PRECEDENCE.index(target)
+    for source in after_board.sources() if after_board is not None else []:
+        if not source.healthy and PRECEDENCE.index(source.source) < rank:
+            print(
+                f"warning: {source.source} could not be read ({source.error}); running "
+                f"processes keep its last values, which outrank {target}: if it holds "
+                f"{args.key}, this change takes effect only where it is cleared there",
+                file=sys.stderr,
+            )
     if outranks and (value is None or after.value.value != value):
         print(
             f"warning: {after.source} holds {after.value.value!r} for {args.key} and takes "

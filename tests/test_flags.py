@@ -416,18 +416,29 @@ def board(
     return flags, sink
 
 
-def test_a_replaced_source_stops_counting_and_its_successor_counts_without_a_flip() -> None:
+def test_a_replaced_source_counts_from_its_first_good_read_and_flips_nothing_before() -> None:
     flags, sink = board()
-    flags.start([HandFlags("file", {"p": "off"})])
+    flags.start([HandFlags("file", {"p": "off"}), HandFlags("env")])
     assert flags.get("p").value is Mode.OFF
-    flags.replace([HandFlags("file", {"p": "off"})])  # another file that says the same
+    flags.replace([HandFlags("file", {"p": "off"})], keep=["env"])  # another file, same value
     assert [e["new"] for e in sink.of(FLAG_CHANGED)] == ["off"]  # no off -> on -> off
     unreadable = HandFlags("file")
     unreadable.unreachable("no such file")
-    flags.replace([unreadable])  # a file that cannot be read: nothing is known from it
+    flags.replace([unreadable], keep=["env"])  # a new file that cannot be read (yet)
     state = flags.get("p")
-    assert (state.value, state.source) == (Mode.ON, "policy")
+    assert (state.value, state.source, state.stale) == (Mode.OFF, "file", True)  # no flip
+    unreadable.set("q", "on")  # its first good read: it does not hold p
+    assert (flags.get("p").value, flags.get("p").source) == (Mode.ON, "policy")
     assert [e["new"] for e in sink.of(FLAG_CHANGED)] == ["off", "on"]
+
+
+def test_a_source_no_longer_declared_stops_counting_and_kept_ones_run_on() -> None:
+    flags, _ = board()
+    env, file = HandFlags("env", {"p": "shadow"}), HandFlags("file", {"p": "off"})
+    flags.start([env, file])
+    flags.replace([], keep=["env"])
+    assert file.stopped and not env.stopped
+    assert (flags.get("p").value, flags.get("p").source) == (Mode.SHADOW, "env")
 
 
 @pytest.mark.parametrize(

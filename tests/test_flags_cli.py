@@ -192,3 +192,19 @@ def test_an_unreachable_redis_changes_nothing_and_says_so(
     assert code == 0
     assert "warning: redis unreadable" in err
     assert "search " in out and "from policy" in out
+
+
+def test_writing_below_an_unreadable_source_warns_that_it_may_still_win(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_policy(
+        tmp_path,
+        '    env_prefix: null\n    file: flags.yaml\n    redis:\n      url: "redis://127.0.0.1:1/0"',
+    )
+    code, _, err = run(
+        capsys, "flags", "set", "search", "on", "--to", "file", "--reason", "x", "--timeout", "0.2",
+        "--policies", path,
+    )  # fmt: skip
+    assert code == 0
+    assert "warning: redis could not be read" in err
+    assert "outrank file" in err

@@ -411,10 +411,10 @@ def test_close_during_a_reload_leaves_no_thread_running(
     swapped, proceed = threading.Event(), threading.Event()
     replace = engine.flags.replace
 
-    def caught(feeds: Any) -> None:
+    def caught(feeds: Any, **options: Any) -> None:
         swapped.set()
         proceed.wait(30)
-        replace(feeds)
+        replace(feeds, **options)
 
     engine.flags.replace = caught  # type: ignore[method-assign]
     changed = reference_yaml.replace("settings:\n", "settings:\n  flags:\n    file: flags.yaml\n")
@@ -432,3 +432,32 @@ def test_close_during_a_reload_leaves_no_thread_running(
         lambda: not [t for t in threading.enumerate() if t.name.startswith("resilience-flags")], 10
     ), [t.name for t in threading.enumerate()]
     assert engine.decide(RETURNING).trace.reason is Reason.CLOSED
+
+
+def test_a_change_to_settings_flags_never_flips_a_flag_it_cannot_read_again(
+    tmp_path: Any, reference_yaml: str, stores: Stores, fake_clock: FakeClock
+) -> None:
+    (tmp_path / "flags.yaml").write_text("flags:\n  search: 'off'\n")
+    path = tmp_path / "policies.yaml"
+    with_file = reference_yaml.replace("settings:\n", "settings:\n  flags:\n    file: flags.yaml\n")
+    path.write_text(with_file)
+    engine = Engine.from_file(path, stores.sync(), clock=fake_clock, events=RecordingSink())
+    try:
+        assert engine.flags.get("search").source == "file"
+        running = [t for t in threading.enumerate() if t.name == "resilience-flags-file"]
+        # Another environment prefix: the file source is untouched, still running, still read.
+        other_env = with_file.replace(
+            "    file: flags.yaml\n", "    file: flags.yaml\n    env_prefix: X_\n"
+        )
+        assert engine.reload(other_env).ok
+        assert [t for t in threading.enumerate() if t.name == "resilience-flags-file"] == running
+        # Another file, missing: the old file's values hold, stale, until the new one is read.
+        moved = with_file.replace("file: flags.yaml", "file: moved.yaml")
+        assert engine.reload(moved).ok
+        state = engine.flags.get("search")
+        assert (state.value.value, state.stale) == ("off", True)
+        assert engine.decide(RETURNING).trace.reason is Reason.SWITCHED_OFF
+        (tmp_path / "moved.yaml").write_text("flags: {}\n")
+        assert wait_for(lambda: engine.flags.get("search").source == "policy", 30)
+    finally:
+        engine.close()
