@@ -23,7 +23,7 @@ from resilience._flags_redis import (
     RedisFlagOptions,
     RedisFlagStore,
 )
-from resilience.testing import RedisServer, wait_for
+from resilience.testing import RedisServer, wait_for, wait_for_child
 
 WALL = 1_700_000_000.0
 # A healthy server must never look down because a loaded CI machine was slow: tests that do not
@@ -443,7 +443,7 @@ def test_a_forked_child_restarts_the_feed_with_its_own_connections(
         assert os.read(ready_r, 1) == b"1"
         # The child is subscribed now: this change can only reach it as a message.
         store.set("k", "second", reason="", by="")
-        status = _wait_child(pid, 10)
+        status = wait_for_child(pid, 10)
         assert status == 0, f"child exit status {status}"
         assert wait_for(lambda: seen.value("k") == "second", 5)  # the parent's feed still works
     finally:
@@ -451,13 +451,3 @@ def test_a_forked_child_restarts_the_feed_with_its_own_connections(
         with contextlib.suppress(ProcessLookupError, ChildProcessError):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-
-
-def _wait_child(pid: int, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    return None

@@ -4,11 +4,8 @@ plan, and what is unchanged carries over."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import threading
-import time
 from collections.abc import Callable
 from importlib.metadata import EntryPoint
 from typing import Any
@@ -30,7 +27,7 @@ from resilience import (
     load_policies,
 )
 from resilience._engine import POLICY_RELOADED, RELOAD_FAILED
-from resilience.testing import FakeClock, RecordingSink, wait_for
+from resilience.testing import FakeClock, RecordingSink, wait_for, wait_for_child
 
 from .conftest import Stores
 
@@ -318,18 +315,7 @@ def _fork_and_check(engine: Engine, reference_yaml: str) -> int | None:
             code = 0 if reloaded.ok and off else 2
         finally:
             os._exit(code)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            done, raw = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(raw)
-            time.sleep(0.01)
-        return None
-    finally:
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    return wait_for_child(pid, 30)
 
 
 @pytest.mark.parametrize("stuck", [False, True], ids=["finishes", "stuck"])

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from watchdog.events import FileSystemEvent
 
 from resilience import _watch
 from resilience._watch import FileWatch
-from resilience.testing import wait_for
+from resilience.testing import wait_for, wait_for_child
 
 WAIT = 10.0  # generous: CI machines under load
 
@@ -523,7 +522,7 @@ def test_a_forked_child_restarts_the_watch(
         finally:
             os._exit(code)
     try:
-        status = _wait_child(pid, 20.0)
+        status = wait_for_child(pid, 20.0)
         assert status == 0, f"child exit status {status} (2: threads not restarted, 4: no call)"
         # The parent's watch is unaffected, and saw the child's change as well.
         assert wait_for(lambda: seen.last() == b"from the child", WAIT)
@@ -531,13 +530,3 @@ def test_a_forked_child_restarts_the_watch(
         with contextlib.suppress(ProcessLookupError, ChildProcessError):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-
-
-def _wait_child(pid: int, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    return None

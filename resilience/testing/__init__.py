@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import signal
@@ -31,6 +32,7 @@ __all__ = [
     "RedisClusterNodes",
     "RedisServer",
     "wait_for",
+    "wait_for_child",
 ]
 
 
@@ -591,3 +593,20 @@ def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.01) 
             return True
         time.sleep(step)
     return condition()
+
+
+def wait_for_child(pid: int, timeout: float) -> int | None:
+    """Wait for the forked child ``pid`` to exit; its exit code, or ``None`` if it did not
+    exit within ``timeout`` seconds (then it is killed, so that no test leaves it behind)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.01)
+        return None
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
