@@ -22,7 +22,6 @@ import os
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
@@ -46,7 +45,15 @@ from ._generation import Compiled, Generation
 from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
 from ._plugins import PluginHost
-from ._policy import Mode, Policy, PolicySet, load_policies, plugin_settings
+from ._policy import (
+    Mode,
+    Policy,
+    PolicySet,
+    load_policies,
+    plugin_settings,
+    read_policy_file,
+    unreadable,
+)
 from ._sources import STEP_DEADLINE, SourceFunction
 from ._steps import IN_SHADOW, Guard, PostStep, Step, Tier
 from ._trace import Decision, Reason, StepRecord, Trace
@@ -354,21 +361,7 @@ class Engine:
             watch: keep watching the file and reload it when it changes (see :meth:`watch`).
         """
         name = os.fspath(path)
-        try:
-            data = Path(name).read_bytes()
-        except OSError as exc:
-            raise PolicyValidationError(
-                [
-                    PolicyIssue(
-                        name,
-                        0,
-                        0,
-                        "",
-                        f"cannot read the file: {exc.strerror or exc}",
-                        "check the path and its permissions",
-                    )
-                ]
-            ) from exc
+        data = read_policy_file(name)
         events = options.get("events")
         engine = cls(
             load_policies(data, file=name, plugins=plugins, events=events), sources, **options
@@ -440,21 +433,9 @@ class Engine:
             )
         if text is None:
             try:
-                text = Path(file).read_bytes()
-            except OSError as exc:
-                return self._refused(
-                    file,
-                    [
-                        PolicyIssue(
-                            file,
-                            0,
-                            0,
-                            "",
-                            f"cannot read the file: {exc.strerror or exc}",
-                            "check the path and its permissions",
-                        )
-                    ],
-                )
+                text = read_policy_file(file)
+            except PolicyValidationError as exc:
+                return self._refused(file, exc.issues)
         running = self.policies
         try:
             host = running.plugins
@@ -597,21 +578,14 @@ class Engine:
             def changed(data: bytes) -> None:
                 self.reload(data, file=name)
 
-            def unreadable(exc: OSError) -> None:
-                issue = PolicyIssue(
-                    name,
-                    0,
-                    0,
-                    "",
-                    f"cannot read the file: {exc.strerror or exc}",
-                    "check the path, its mount and permissions; the watch goes on",
-                )
-                self._refused(name, [issue])
+            def unreadable_file(exc: OSError) -> None:
+                hint = "check the path, its mount and permissions; the watch goes on"
+                self._refused(name, [unreadable(name, exc, hint)])
 
             self._watch = FileWatch(
                 name,
                 changed,
-                on_error=unreadable,
+                on_error=unreadable_file,
                 debounce=debounce,
                 poll_every=poll_every,
                 name="resilience-policy",

@@ -43,6 +43,8 @@ __all__ = [
     "load_policies",
     "load_policies_file",
     "plugin_settings",
+    "read_policy_file",
+    "unreadable",
 ]
 
 _DOCUMENT = {FROM_DOCUMENT: True}
@@ -273,6 +275,26 @@ def plugin_settings(text: str | bytes) -> PluginSettings | None:
         return None
 
 
+def unreadable(
+    file: str, exc: OSError, hint: str = "check the path and its permissions"
+) -> PolicyIssue:
+    """The issue of a policy file that cannot be read."""
+    return PolicyIssue(file, 0, 0, "", f"cannot read the file: {exc.strerror or exc}", hint)
+
+
+def read_policy_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the policy file at ``path``.
+
+    Raises:
+        PolicyValidationError: the file cannot be read (the issue says why).
+    """
+    name = os.fspath(path)
+    try:
+        return FilePath(name).read_bytes()
+    except OSError as exc:
+        raise PolicyValidationError([unreadable(name, exc)]) from exc
+
+
 def load_policies_file(
     path: str | os.PathLike[str],
     *,
@@ -281,21 +303,7 @@ def load_policies_file(
 ) -> PolicySet:
     """Read and validate a policy file. See :func:`load_policies`."""
     name = os.fspath(path)
-    try:
-        data = FilePath(name).read_bytes()
-    except OSError as exc:
-        raise PolicyValidationError(
-            [
-                PolicyIssue(
-                    name,
-                    0,
-                    0,
-                    "",
-                    f"cannot read the file: {exc.strerror or exc}",
-                    "check the path and its permissions",
-                )
-            ]
-        ) from exc
+    data = read_policy_file(name)
     return load_policies(data, file=name, plugins=plugins, events=events)
 
 
