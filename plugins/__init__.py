@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from resilience import Step, hookimpl
 
 from .guards.error_rate import ErrorRateGuard
+from .guards.stream_lag import StreamLagGuard
 from .post.boost_cap import BoostCapStep
 from .post.exploration import ExplorationStep
 from .tiers.profile_only import ProfileOnlyTier
@@ -31,6 +32,7 @@ def resilience_step_types() -> Sequence[type[Step]]:
         SegmentTier,
         UnpersonalizedTier,
         ErrorRateGuard,
+        StreamLagGuard,
         BoostCapStep,
         ExplorationStep,
     ]

@@ -31,7 +31,7 @@ from ._errors import (
 from ._flag_feed import FeedSnapshot, FlagFeed, FlagRecord
 from ._flag_settings import FlagSettings
 from ._flags import PRECEDENCE, EnvFlagFeed, FlagError, Flags, FlagSpec, FlagState, SourceHealth
-from ._fork import hold_across_forks
+from ._fork import follow_forks, forget_forks, hold_across_forks
 from ._model import (
     Affinities,
     Candidate,
@@ -157,6 +157,8 @@ __all__ = [
     "category_coverage",
     "category_entropy",
     "decode_session",
+    "follow_forks",
+    "forget_forks",
     "format_duration",
     "hold_across_forks",
     "hookimpl",

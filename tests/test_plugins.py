@@ -41,6 +41,7 @@ BUILTINS = [
     "segment",
     "session",
     "stale_cache",
+    "stream_lag",
     "unpersonalized",
 ]
 
