@@ -319,6 +319,7 @@ class Engine:
         )
         self._plans: dict[str, _Plan] = self._plan(self._generation)
         try:
+            self._generation.settle()
             self.flags.start(self._feeds(policies))
         except BaseException:
             self.flags.stop()

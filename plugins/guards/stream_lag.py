@@ -11,9 +11,10 @@ processor updates (``redis``), and computes the lag on the wall clock: ``lag = n
   and emits ``resilience.stream_lag.tripped``, the alert.
 - **Hysteresis.** It switches back on only once the lag has stayed below ``resume_below`` for
   ``hold_for``: a processor catching up around the threshold does not flap.
-- **Missing watermark.** A watermark that cannot be read (the source fails, times out, or has
-  none) counts as stale once no good read has come for ``grace``: a dead processor looks like
-  that, not like "no lag".
+- **Missing watermark.** A watermark that cannot be read (the source fails, hangs past
+  ``read_timeout``, has none, or gives one ahead of the clock, such as milliseconds where
+  seconds are meant) counts as stale once no good read has come for ``grace``: a dead processor
+  looks like that, not like "no lag".
 
 A request's ``check()`` reads one attribute. The state lives in an object shared under the
 guard's parameters, so a reload that leaves the guard unchanged keeps it (and its thread).
@@ -22,6 +23,7 @@ guard's parameters, so a reload that leaves the guard unchanged keeps it (and it
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
 import os
@@ -46,6 +48,9 @@ from resilience import (
 )
 
 __all__ = ["LagState", "LagWatch", "StreamLagGuard", "StreamLagParams"]
+
+#: Seconds a watermark may be ahead of this machine's clock (clock skew) and still count.
+_FUTURE_SKEW = 5.0
 
 STREAM_LAG_TRIPPED = register_event(
     "resilience.stream_lag.tripped",
@@ -188,17 +193,20 @@ class LagWatch:
         self.reads = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Reads run on one worker of their own, waited for at most read_timeout: a read that
+        # hangs is a failed read (the grace then trips the guard), never a stuck poller.
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, f"resilience-lag-read-{name}")
 
     @property
     def verdict(self) -> str | None:
         """Why personalization is off, or ``None``."""
         return self.state.verdict
 
-    def start(self) -> LagWatch:
-        if self._thread is None:
+    def settle(self) -> None:
+        """The build that uses this watch runs: start polling (a refused build never does)."""
+        if self._thread is None and not self._stop.is_set():
             self._launch()
             follow_forks(self)
-        return self
 
     def poll(self) -> None:
         """Read the watermark once and apply it (the thread calls this; tests may too)."""
@@ -221,23 +229,28 @@ class LagWatch:
     def close(self) -> None:
         self._stop.set()
         forget_forks(self)
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(1.0)
+        self._reader.shutdown(wait=False, cancel_futures=True)
         closer = getattr(self._read_raw, "close", None)
         if callable(closer):
             with contextlib.suppress(Exception):
                 closer()
-        thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(1.0)
 
     def _read(self) -> float | None:
         try:
-            raw: Any = self._read_raw()
+            raw: Any = self._reader.submit(self._read_raw).result(self._params.read_timeout)
             if isinstance(raw, bytes):
                 raw = raw.decode("ascii")
             value = float(raw) if isinstance(raw, int | float | str) else math.nan
-        except Exception:  # a failed read is an observation too: the grace decides
+        except Exception:  # a failed or late read is an observation too: the grace decides
             return None
-        return value if math.isfinite(value) else None
+        if not math.isfinite(value) or value > self._wall() + _FUTURE_SKEW:
+            # A watermark ahead of the clock is not one (milliseconds where seconds are meant):
+            # it would read as no lag for ever.
+            return None
+        return value
 
     def _launch(self) -> None:
         self._thread = threading.Thread(
@@ -253,6 +266,9 @@ class LagWatch:
 
     def _restart_after_fork(self) -> None:
         if not self._stop.is_set():
+            self._reader = concurrent.futures.ThreadPoolExecutor(
+                1, f"resilience-lag-read-{self.name}"
+            )
             self._launch()
 
     def _emit(self, event: str, **fields: Any) -> None:
@@ -261,9 +277,19 @@ class LagWatch:
 
 
 def _source_reader(source: BoundSource, key: str, timeout: float) -> Callable[[], object]:
-    if source.is_async:
-        return lambda: asyncio.run(source.acall(key, timeout))  # its own loop: a thread of ours
-    return lambda: source.call(key, timeout)
+    if not source.is_async:
+        return lambda: source.call(key, timeout)
+    # One event loop for the reads, kept in the reader's one thread: async clients are bound to
+    # the loop they were made on.
+    local = threading.local()
+
+    def read() -> object:
+        loop = getattr(local, "loop", None)
+        if loop is None:
+            loop = local.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(asyncio.wait_for(source.acall(key, timeout), timeout))
+
+    return read
 
 
 class _RedisReader:
@@ -303,26 +329,24 @@ class StreamLagGuard(Guard):
         super().__init__(params, context)
         assert isinstance(params, StreamLagParams)
         label = f"{context.policy}.{self.step_id}"
-        read: Callable[[], object]
-        if params.source is not None:
-            source = context.source(params.source)
-            read = _source_reader(source, params.key, params.read_timeout)
-            where: object = id(source.runtime)
-        else:
-            assert params.redis is not None
-            read = _RedisReader(params.redis, params.key)
-            where = "redis"
-        # Shared under the guard's identity, parameters and source: a reload that changes none
-        # of them keeps the watch, its state and its thread.
-        self.watch = context.shared(
-            ("stream_lag", context.policy, self.step_id, params.model_dump_json(), where),
-            lambda: LagWatch(label, params, read, context.clock.wall, context.events),
-        )
+        source = context.source(params.source) if params.source is not None else None
 
-    def verify(self) -> str | None:
-        # Started once the build is known to be good, not while it may still be refused.
-        self.watch.start()
-        return None
+        def watch() -> LagWatch:
+            read: Callable[[], object]
+            if source is not None:
+                read = _source_reader(source, params.key, params.read_timeout)
+            else:
+                assert params.redis is not None
+                read = _RedisReader(params.redis, params.key)
+            return LagWatch(label, params, read, context.clock.wall, context.events)
+
+        # Shared under the guard's identity, parameters and source: a reload that changes none
+        # of them keeps the watch, its state and its thread. Polling starts in its settle(),
+        # once the build that made it runs.
+        where = id(source.runtime) if source is not None else "redis"
+        self.watch = context.shared(
+            ("stream_lag", context.policy, self.step_id, params.model_dump_json(), where), watch
+        )
 
     def check(self, request: RequestContext) -> str | None:
         return self.watch.state.verdict

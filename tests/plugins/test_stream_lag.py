@@ -3,6 +3,8 @@ kit's clock; and the guard in an engine, reading its watermark off the request p
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -218,3 +220,76 @@ def test_one_place_to_read_the_watermark_from(guard: str, message: str) -> None:
     text = f"version: 1\npolicies:\n  p:\n    guards: [{guard}]\n    chain: [unpersonalized]\n"
     with pytest.raises(PolicyValidationError, match=message):
         load_policies(text)
+
+
+def _engine_with(
+    make_engine: Callable[..., Engine], read: Any, extra: str = ""
+) -> tuple[Engine, Any]:
+    text = POLICY.replace("poll_every: 1h}", f"poll_every: 1h, read_timeout: 50ms{extra}}}")
+    engine = make_engine(
+        text, {"watermarks": read, "profile_store": {"u": Affinities({"books": 1.0})}.get}
+    )
+    watch = engine._generation.compiled["p"].guards[0].watch  # type: ignore[attr-defined]
+    assert wait_for(lambda: watch.reads >= 1, 30)
+    return engine, watch
+
+
+def test_a_read_that_hangs_counts_as_failed_and_trips_after_the_grace(
+    make_engine: Callable[..., Engine], fake_clock: FakeClock
+) -> None:
+    release = threading.Event()
+    hanging = {"on": False}
+
+    def read(key: str) -> float:
+        if hanging["on"]:
+            release.wait(30)  # ignores its timeout, as a stuck client would
+        return fake_clock.wall() - 1.0
+
+    engine, watch = _engine_with(make_engine, read, ", grace: 5s")
+    try:
+        hanging["on"] = True
+        fake_clock.advance(6)
+        watch.poll()  # returns after read_timeout: the poller is never stuck
+        assert watch.verdict == "watermark unreadable for 6s"
+        assert engine.decide(RequestContext(user_id="u")).trace.reason is Reason.GUARD
+    finally:
+        release.set()
+
+
+def test_a_watermark_ahead_of_the_clock_is_no_watermark(
+    make_engine: Callable[..., Engine], fake_clock: FakeClock
+) -> None:
+    # Milliseconds where seconds are meant: two minutes behind, but it reads as far ahead.
+    engine, watch = _engine_with(
+        make_engine, lambda key: (fake_clock.wall() - 120.0) * 1000, ", grace: 5s"
+    )
+    fake_clock.advance(6)
+    watch.poll()
+    assert watch.verdict == "watermark unreadable for 6s"
+    assert engine.decide(RequestContext(user_id="u")).trace.reason is Reason.GUARD
+
+
+def test_async_reads_share_one_event_loop(
+    make_engine: Callable[..., Engine], fake_clock: FakeClock
+) -> None:
+    loops: set[int] = set()
+
+    async def read(key: str) -> float:
+        loops.add(id(asyncio.get_running_loop()))
+        return fake_clock.wall() - 1.0
+
+    _, watch = _engine_with(make_engine, read)
+    for _ in range(3):
+        watch.poll()
+    assert len(loops) == 1 and watch.verdict is None
+
+
+def test_a_refused_build_never_starts_polling(fake_clock: FakeClock) -> None:
+    text = POLICY.replace(
+        "chain: [profile_only, unpersonalized]",
+        "chain: [{type: stale_cache, cache: nobody_feeds_this}, unpersonalized]",
+    )
+    calls: list[str] = []
+    with pytest.raises(PolicyValidationError, match="no tier feeds the cache"):
+        Engine(load_policies(text), {"watermarks": calls.append}, clock=fake_clock)
+    assert calls == []  # not one read: no poller ran (its own thread would have read at once)
