@@ -32,6 +32,8 @@ from ._flag_feed import FeedSnapshot, FlagFeed, FlagRecord
 from ._flag_settings import FlagSettings
 from ._flags import PRECEDENCE, EnvFlagFeed, FlagError, Flags, FlagSpec, FlagState, SourceHealth
 from ._fork import follow_forks, forget_forks, hold_across_forks
+from ._holdout import HoldoutOptions, in_holdout
+from ._holdout import bucket as holdout_bucket
 from ._model import (
     Affinities,
     Candidate,
@@ -113,6 +115,7 @@ __all__ = [
     "Flags",
     "GarbageData",
     "Guard",
+    "HoldoutOptions",
     "MemorySource",
     "Mode",
     "MonitoringSettings",
@@ -161,7 +164,9 @@ __all__ = [
     "forget_forks",
     "format_duration",
     "hold_across_forks",
+    "holdout_bucket",
     "hookimpl",
+    "in_holdout",
     "load_policies",
     "load_policies_file",
     "normalize_weights",

@@ -38,7 +38,7 @@ __all__ = [
     "category_entropy",
 ]
 
-_Key = tuple[str, str]  # (policy, tier served)
+_Key = tuple[str, str, str]  # (policy, tier served, holdout group)
 
 
 class MonitoringSettings(BaseModel):
@@ -90,7 +90,7 @@ class _Bucket:
 
 @dataclass(frozen=True)
 class DiversitySnapshot:
-    """The rolling aggregates of one (policy, tier served)."""
+    """The rolling aggregates of one (policy, tier served, holdout group)."""
 
     policy: str
     served: str
@@ -102,6 +102,8 @@ class DiversitySnapshot:
     entropy_bits: float
     age_p50_s: float | None
     age_p90_s: float | None
+    #: ``holdout``, ``treatment``, or ``""`` for a policy without a holdout (or anonymous traffic)
+    group: str = ""
 
 
 class DiversityMonitor:
@@ -139,7 +141,12 @@ class DiversityMonitor:
         return bucket
 
     def measure(
-        self, policy: str, served: str, shown: Sequence[Candidate], candidates: Sequence[Candidate]
+        self,
+        policy: str,
+        served: str,
+        shown: Sequence[Candidate],
+        candidates: Sequence[Candidate],
+        group: str = "",
     ) -> None:
         """Add one sampled decision: an impression, and the diversity of the top ``top_k`` of
         its served list."""
@@ -152,7 +159,7 @@ class DiversityMonitor:
             for c in top
             if isinstance(c.published_at, int | float) and math.isfinite(c.published_at)
         ]
-        key = (policy, served)
+        key = (policy, served, group)
         with self._lock:
             bucket = self._bucket()
             bucket.impressions[key] = bucket.impressions.get(key, 0) + 1
@@ -163,15 +170,15 @@ class DiversityMonitor:
             if len(kept) < self.MAX_AGES:
                 kept.extend(ages[: self.MAX_AGES - len(kept)])
 
-    def record_click(self, policy: str, served: str) -> None:
-        """Count a click on a list of ``policy`` served by ``served``."""
-        key = (policy, served)
+    def record_click(self, policy: str, served: str, group: str = "") -> None:
+        """Count a click on a list of ``policy`` served by ``served`` (in holdout ``group``)."""
+        key = (policy, served, group)
         with self._lock:
             clicks = self._bucket().clicks
             clicks[key] = clicks.get(key, 0) + 1
 
     def snapshot(self) -> list[DiversitySnapshot]:
-        """The aggregates over the window, one per (policy, tier served), sorted."""
+        """The aggregates over the window, one per (policy, tier served, group), sorted."""
         oldest = int(self._now() / self._width) - len(self._buckets) + 1
         totals: dict[_Key, list[float]] = {}
         ages: dict[_Key, list[float]] = {}
@@ -191,10 +198,10 @@ class DiversityMonitor:
                 for key, values in bucket.ages.items():
                     ages.setdefault(key, []).extend(values)
         out = []
-        for (policy, served), (impressions, clicks, lists, coverage, entropy) in sorted(
+        for (policy, served, group), (impressions, clicks, lists, coverage, entropy) in sorted(
             totals.items()
         ):
-            sample = sorted(ages.get((policy, served), []))
+            sample = sorted(ages.get((policy, served, group), []))
             out.append(
                 DiversitySnapshot(
                     policy,
@@ -207,6 +214,7 @@ class DiversityMonitor:
                     entropy / lists if lists else 0.0,
                     _percentile(sample, 0.5),
                     _percentile(sample, 0.9),
+                    group,
                 )
             )
         return out

@@ -42,6 +42,7 @@ from ._flags import PRECEDENCE, Flags, FlagState, declared_changes, flag_specs, 
 from ._fleet import FleetSync
 from ._fork import hold_across_forks
 from ._generation import Compiled, Generation
+from ._holdout import bucket as holdout_bucket
 from ._model import Candidate, RequestContext, Signals
 from ._outcomes import Outcome
 from ._plugins import PluginHost
@@ -94,6 +95,8 @@ _DISABLED = Outcome.DISABLED
 _BREAKER_OPEN = Outcome.BREAKER_OPEN
 _REJECTED = Outcome.REJECTED
 _SHADOW = Outcome.SHADOW
+_HOLDOUT = "holdout"
+_TREATMENT = "treatment"
 
 #: Seconds a replaced generation is kept before what it alone held is closed: requests still
 #: running on it finish first (a request is bounded by its budget; a sync source that overruns
@@ -131,6 +134,7 @@ class _Plan:
     __slots__ = (
         "budget",
         "guards",
+        "holdout",
         "name",
         "observers",
         "post",
@@ -150,6 +154,9 @@ class _Plan:
         self.version = policy.version
         self.budget = policy.budget
         self.terminal: tuple[Tier, ...] = compiled.tiers[-1:]
+        holdout = policy.holdout
+        #: (salt, buckets held out), or None: the policy declares no holdout
+        self.holdout = (holdout.salt, holdout.buckets_held_out) if holdout is not None else None
 
         def mode(key: str, declared: Mode) -> tuple[Mode, str]:
             state = flags.get(key)
@@ -608,7 +615,7 @@ class Engine:
             plan = self._plans.get(request.policy or "")
             if plan is None or self._closed:
                 return self._no_plan(request, start, plan)
-            deadline, records, tiers, reason = self._begin(plan, request, start)
+            deadline, records, tiers, reason, group = self._begin(plan, request, start)
             shadowing = IN_SHADOW.set(True) if plan.shadow else None
             try:
                 now = self._now
@@ -633,7 +640,7 @@ class Engine:
                         served, signals = tier, result
                         break
                 return self._finish(
-                    plan, request, start, deadline, records, reason, served, signals
+                    plan, request, start, deadline, records, reason, served, signals, group
                 )
             finally:
                 if shadowing is not None:
@@ -653,7 +660,7 @@ class Engine:
             plan = self._plans.get(request.policy or "")
             if plan is None or self._closed:
                 return self._no_plan(request, start, plan)
-            deadline, records, tiers, reason = self._begin(plan, request, start)
+            deadline, records, tiers, reason, group = self._begin(plan, request, start)
             shadowing = IN_SHADOW.set(True) if plan.shadow else None
             try:
                 now = self._now
@@ -692,7 +699,7 @@ class Engine:
                         served, signals = tier, result
                         break
                 return self._finish(
-                    plan, request, start, deadline, records, reason, served, signals
+                    plan, request, start, deadline, records, reason, served, signals, group
                 )
             finally:
                 if shadowing is not None:
@@ -731,16 +738,25 @@ class Engine:
 
     def _begin(
         self, plan: _Plan, request: RequestContext, start: float
-    ) -> tuple[float, list[StepRecord], tuple[Tier, ...], Reason | None]:
-        """Set the deadline and run the guards; returns the tiers the chain may try."""
+    ) -> tuple[float, list[StepRecord], tuple[Tier, ...], Reason | None, str]:
+        """Set the deadline, place the user in the holdout or not, and run the guards; returns
+        the tiers the chain may try and the user's holdout group."""
         budget = plan.budget
         time_left = request.time_left
         if time_left is not None and not time_left >= budget:  # NaN counts as nothing left
             budget = time_left if time_left > 0.0 else 0.0
         deadline = start + budget
+        group = ""
+        if plan.holdout is not None and request.user_id:
+            # Before every guard and switch: the group is the user's whatever else happens to
+            # the request (intention to treat), and the holdout gets the terminal tier alone.
+            salt, held_out = plan.holdout
+            if holdout_bucket(salt, request.user_id) < held_out:
+                return deadline, [], plan.terminal, Reason.HOLDOUT, _HOLDOUT
+            group = _TREATMENT
         records: list[StepRecord] = list(plan.preset) if plan.preset else []
         if not plan.guards:
-            return deadline, records, plan.tiers, plan.reason
+            return deadline, records, plan.tiers, plan.reason, group
         now = self._now
         for guard in plan.guards:
             t0 = now()
@@ -763,8 +779,8 @@ class Engine:
                 records.append(StepRecord(guard.step_id, _SHADOW, elapsed, str(verdict)))
             else:
                 records.append(StepRecord(guard.step_id, _DISABLED, elapsed, str(verdict)))
-                return deadline, records, plan.terminal, Reason.GUARD
-        return deadline, records, plan.tiers, None
+                return deadline, records, plan.terminal, Reason.GUARD, group
+        return deadline, records, plan.tiers, None, group
 
     def _finish(
         self,
@@ -776,6 +792,7 @@ class Engine:
         reason: Reason | None,
         served: Tier | None,
         signals: Signals | None,
+        group: str,
     ) -> Decision:
         """Run the post steps, then build the decision and its trace."""
         if served is None or served.terminal:
@@ -808,6 +825,7 @@ class Engine:
             int((now - start) * 1e6 + 0.5),
             sampled,
             shadow,
+            group,
         )
         for observe in plan.observers:
             try:
@@ -816,7 +834,7 @@ class Engine:
                 self._observer_failed(plan, exc)
         if sampled:
             self.monitor.measure(
-                plan.name, "" if shadow else served_id, candidates, request.candidates
+                plan.name, "" if shadow else served_id, candidates, request.candidates, group
             )
         if draw < self._sample_rate:
             self._emit_decision(trace)
@@ -941,7 +959,7 @@ class Engine:
         diversity figures describe the same lists; nothing is kept per request.
         """
         if trace.sampled:
-            self.monitor.record_click(trace.policy, trace.served)
+            self.monitor.record_click(trace.policy, trace.served, trace.group)
 
     def breaker(self, source: str) -> CircuitBreaker:
         """The circuit breaker of ``source``, for operators (``force_open()``, ``snapshot()``).

@@ -49,7 +49,8 @@ _STEP_TOLERANCE = 1e-6
 
 def bucket(salt: str, user_id: str) -> int:
     """The bucket (0 to 9,999) of ``user_id`` under ``salt``; see the module docstring."""
-    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
+    # surrogatepass: an id with a lone surrogate (possible from JSON) still has a bucket
+    digest = hashlib.sha256(f"{salt}:{user_id}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
@@ -59,7 +60,9 @@ class HoldoutOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     salt: str = Field(
-        min_length=1, description="Permanent salt of the holdout; changing it reassigns every user"
+        min_length=1,
+        pattern=r"^[^:]+$",
+        description="Permanent salt of the holdout (no ':'); changing it reassigns every user",
     )
     percent: float = Field(
         default=5.0, ge=0, le=50, description="Share of users held out, in percent (0.01 steps)"

@@ -25,6 +25,7 @@ from ._diversity import MonitoringSettings
 from ._durations import FROM_DOCUMENT, Duration, format_duration
 from ._errors import PolicyIssue, PolicyValidationError
 from ._flag_settings import FlagSettings
+from ._holdout import HoldoutOptions
 from ._plugins import PluginHost, StepType
 from ._sources import SourceOptions
 from ._steps import StepKind, StepParams, TierParams, source_fields
@@ -122,6 +123,11 @@ class _PolicyDecl(_Strict):
         "applies nothing). The default of the flag named after the policy.",
     )
     budget: Duration = Field(default=0.030, gt=0)
+    holdout: HoldoutOptions | None = Field(
+        default=None,
+        description="A holdout group: users bucketed under salt, percent of them held out "
+        "(un-personalized) to measure lift.",
+    )
     # Each step is checked by _Checker.step against its own type's model.
     guards: list[Any] = []
     chain: list[Any]
@@ -186,6 +192,7 @@ class Policy:
     post: tuple[StepSpec, ...]
     version: str = ""
     mode: Mode = Mode.ON
+    holdout: HoldoutOptions | None = None
 
     def normalized(self, sources: Mapping[str, SourceOptions] | None = None) -> dict[str, Any]:
         """The policy as plain data with every default filled in (what ``version`` hashes),
@@ -193,6 +200,8 @@ class Policy:
         used = sorted({name for spec in self.steps() for _, name in source_fields(spec.params)})
         declared = sources or {}
         found: dict[str, Any] = {} if self.mode is Mode.ON else {"mode": self.mode.value}
+        if self.holdout is not None:  # versions of policies without a holdout stay as they were
+            found["holdout"] = self.holdout.model_dump(mode="json")
         return {
             **found,
             "budget": format_duration(self.budget),
@@ -484,6 +493,7 @@ class _Checker:
                 name=name,
                 description=str(body.get("description", "")),
                 mode=decl.policies[name].mode if decl else Mode.ON,
+                holdout=decl.policies[name].holdout if decl else None,
                 budget=budget,
                 guards=sections["guards"],
                 chain=sections["chain"],

@@ -19,6 +19,7 @@ class Reason(StrEnum):
     FALLBACK = "fallback"  # an earlier tier did not; a later one served
     GUARD = "guard"  # a guard switched personalization off; the terminal tier served
     SWITCHED_OFF = "switched_off"  # the policy is switched off (flag or mode); terminal tier only
+    HOLDOUT = "holdout"  # the user is in the policy's holdout group: terminal tier only
     BUDGET = "budget"  # the budget ran out before a personalized tier could serve
     UNKNOWN_POLICY = "unknown_policy"  # the request named no known policy (nor is there a default)
     CLOSED = "closed"  # the engine was closed
@@ -58,6 +59,8 @@ class Trace(NamedTuple):
         sampled: whether diversity monitoring measured this decision's list.
         shadow: the policy ran in shadow mode: ``served`` and ``steps`` say what it would have
             done, and the decision carries no signals and the candidates as given.
+        group: the user's group under the policy's holdout (``holdout``, ``treatment``), or
+            ``""``.
     """
 
     policy: str
@@ -72,6 +75,9 @@ class Trace(NamedTuple):
     sampled: bool = False
     #: the policy ran in shadow mode: the decision applied nothing of what the trace shows
     shadow: bool = False
+    #: ``holdout`` or ``treatment`` under the policy's holdout; ``""`` without one (or with no
+    #: user id: anonymous traffic is in neither group)
+    group: str = ""
 
     def outcome_of(self, step: str) -> Outcome | None:
         """The outcome of the step with id ``step``, or ``None`` if it was not tried."""
@@ -91,6 +97,7 @@ class Trace(NamedTuple):
             "budget_us": self.budget_us,
             "used_us": self.used_us,
             "shadow": self.shadow,
+            "group": self.group,
             "steps": [
                 {
                     "step": r.step,
@@ -109,6 +116,8 @@ class Trace(NamedTuple):
         )
         if self.shadow:
             head = f"[shadow] {head}"
+        if self.group:
+            head = f"{head} [{self.group}]"
         if not self.steps:
             return head
         parts = []

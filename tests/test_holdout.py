@@ -10,7 +10,11 @@ import subprocess
 import pytest
 from pydantic import ValidationError
 
+from resilience import Affinities, Engine, Reason, RequestContext, load_policies
 from resilience._holdout import BUCKETS, TEST_VECTORS, HoldoutOptions, bucket, in_holdout
+from resilience.testing import RecordingSink
+
+from .conftest import ROOT
 
 IDS = [f"user-{i}" for i in range(100_000)]
 
@@ -159,7 +163,7 @@ def test_defaults() -> None:
     assert options.percent == 5.0
     assert options.buckets_held_out == 500
     assert HoldoutOptions.model_fields["salt"].description == (
-        "Permanent salt of the holdout; changing it reassigns every user"
+        "Permanent salt of the holdout (no ':'); changing it reassigns every user"
     )
 
 
@@ -190,3 +194,84 @@ def test_options_are_frozen() -> None:
     options = HoldoutOptions(salt="s")
     with pytest.raises(ValidationError, match="frozen"):
         options.percent = 10.0  # type: ignore[misc]
+
+
+def test_a_salt_with_a_colon_is_refused_and_odd_ids_still_have_a_bucket() -> None:
+    with pytest.raises(ValidationError, match="pattern"):
+        HoldoutOptions(salt="a:b")
+    assert 0 <= bucket("s", "\udc80") < 10_000  # a lone surrogate, as JSON can carry
+
+
+ENGINE_POLICY = """
+version: 1
+default_policy: search
+settings:
+  monitoring: {sample_rate: 1.0}
+policies:
+  search:
+    holdout: {salt: search-holdout-1, percent: 10}
+    guards: [{type: error_rate, minimum_requests: 1}]
+    chain:
+      - type: profile_only
+        source: profile_store
+      - unpersonalized
+"""
+
+
+def _engine(text: str = ENGINE_POLICY) -> Engine:
+    profiles = {f"u{n}": Affinities({"books": 1.0}) for n in range(2000)}
+    return Engine(load_policies(text), {"profile_store": profiles.get}, events=RecordingSink())
+
+
+def test_holdout_users_get_the_terminal_tier_before_any_guard_and_are_marked() -> None:
+    options = HoldoutOptions(salt="search-holdout-1", percent=10)
+    with _engine() as engine:
+        held = [f"u{n}" for n in range(2000) if in_holdout(options, f"u{n}")]
+        treated = [f"u{n}" for n in range(2000) if not in_holdout(options, f"u{n}")]
+        assert 150 < len(held) < 250
+        trace = engine.decide(RequestContext(user_id=held[0])).trace
+        assert (trace.reason, trace.group, trace.served) == (
+            Reason.HOLDOUT,
+            "holdout",
+            "unpersonalized",
+        )
+        assert trace.steps == (trace.steps[0],) and trace.steps[0].step == "unpersonalized"
+        treated_trace = engine.decide(RequestContext(user_id=treated[0])).trace
+        assert (treated_trace.group, treated_trace.reason) == ("treatment", Reason.PRIMARY)
+        anonymous = engine.decide(RequestContext()).trace
+        assert anonymous.group == ""
+        # Intention to treat: a treatment user switched off stays in the treatment group.
+        engine.flags.set("search", "off", reason="test")
+        off = engine.decide(RequestContext(user_id=treated[0])).trace
+        assert (off.group, off.reason) == ("treatment", Reason.SWITCHED_OFF)
+        assert str(trace).endswith("[holdout]") or "[holdout]" in str(trace).splitlines()[0]
+
+
+def test_groups_are_stable_across_reloads_unless_the_salt_changes() -> None:
+    users = [RequestContext(user_id=f"u{n}") for n in range(300)]
+    with _engine() as engine:
+        before = [engine.decide(r).trace.group for r in users]
+        assert engine.reload(ENGINE_POLICY.replace("minimum_requests: 1", "minimum_requests: 2")).ok
+        assert [engine.decide(r).trace.group for r in users] == before
+        assert engine.reload(ENGINE_POLICY.replace("search-holdout-1", "search-holdout-2")).ok
+        assert [engine.decide(r).trace.group for r in users] != before
+
+
+def test_diversity_and_ctr_aggregates_carry_the_group() -> None:
+    with _engine() as engine:
+        for n in range(400):
+            decision = engine.decide(RequestContext(user_id=f"u{n}"))
+            engine.record_click(decision.trace)
+        rows = {(row.served, row.group): row for row in engine.monitor.snapshot()}
+        assert set(rows) == {("profile_only", "treatment"), ("unpersonalized", "holdout")}
+        assert (
+            rows[("unpersonalized", "holdout")].clicks
+            == rows[("unpersonalized", "holdout")].impressions
+        )
+
+
+def test_the_published_vectors_are_in_the_docs() -> None:
+    text = (ROOT / "docs" / "policies.md").read_text()
+    for salt, user_id, expected in TEST_VECTORS:
+        row = f"| `{salt}` | `{user_id.encode('unicode_escape').decode()}` | {expected} |"
+        assert row in text, row
