@@ -37,6 +37,7 @@ from ._errors import (
     PolicyIssue,
     PolicyValidationError,
 )
+from ._exposure import ExposureLog, ExposureSink, JsonLinesSink
 from ._flag_feed import FlagFeed
 from ._flags import PRECEDENCE, Flags, FlagState, declared_changes, flag_specs, make_feeds
 from ._fleet import FleetSync
@@ -278,6 +279,8 @@ class Engine:
             or a source of the application's own); ``flags.set()`` works either way.
         retire_after: seconds a generation replaced by a reload is kept before what it alone
             held is closed, so that requests still running on it finish first.
+        exposure_sink: where exposure and click records go instead of the JSON Lines file
+            ``settings.exposures.path`` names (which must still be declared, for its salt).
 
     Raises:
         SourceBindingError: a policy names a source that ``sources`` does not bind.
@@ -294,6 +297,7 @@ class Engine:
         seed: int | None = None,
         flag_feeds: Sequence[FlagFeed] | None = None,
         retire_after: float = RETIRE_AFTER,
+        exposure_sink: ExposureSink | None = None,
     ) -> None:
         self.policies = policies
         self._retire_after = retire_after
@@ -325,11 +329,17 @@ class Engine:
             flag_specs(policies), self._events, self._clock.wall, self._replan, self._lock
         )
         self._plans: dict[str, _Plan] = self._plan(self._generation)
+        self._exposure_sink = exposure_sink
+        #: the exposure log, when ``settings.exposures`` declares one
+        self.exposures: ExposureLog | None = None
         try:
+            self.exposures = self._exposure_log(policies)
             self._generation.settle()
             self.flags.start(self._feeds(policies))
         except BaseException:
             self.flags.stop()
+            if self.exposures is not None:
+                self.exposures.close()
             self._generation.retire(None)
             raise
         self._events.emit(
@@ -386,6 +396,41 @@ class Engine:
         self._draws = self._sample_rate > 0 or self._monitor_rate > 0
         if monitoring != self.monitor.settings:
             self.monitor = DiversityMonitor(monitoring, self._clock.monotonic, self._clock.wall)
+
+    def _exposure_log(self, policies: PolicySet) -> ExposureLog | None:
+        """The exposure log ``settings.exposures`` declares, started.
+
+        Raises:
+            PolicyValidationError: its salt or its file cannot be had.
+        """
+        settings = policies.settings.exposures
+        if settings is None:
+            return None
+        path = settings.path
+        if not os.path.isabs(path) and os.path.isfile(policies.file):
+            path = os.path.join(os.path.dirname(policies.file), path)
+        try:
+            salt = settings.salt()
+            sink = self._exposure_sink or JsonLinesSink(path)
+        except (ValueError, OSError) as exc:
+            raise PolicyValidationError(
+                [
+                    PolicyIssue(
+                        policies.file,
+                        0,
+                        0,
+                        "settings.exposures",
+                        f"the exposure log could not be opened: {exc}",
+                        "check settings.exposures.path and its salt",
+                    )
+                ]
+            ) from exc
+        holdouts = {
+            name: policy.holdout.salt
+            for name, policy in policies.policies.items()
+            if policy.holdout is not None
+        }
+        return ExposureLog(sink, salt, settings.capacity, self._clock.wall, holdouts)
 
     def _feeds(self, policies: PolicySet) -> list[FlagFeed]:
         if self._given_feeds is not None:
@@ -478,8 +523,17 @@ class Engine:
         except PolicyValidationError as exc:
             generation.release_new(previous)
             return self._refused(file, exc.issues)
+        new_log: ExposureLog | None = None
+        if policies.settings.exposures != running.settings.exposures:
+            try:
+                new_log = self._exposure_log(policies)
+            except PolicyValidationError as exc:
+                generation.release_new(previous)
+                return self._refused(file, exc.issues)
         with self._lock:
             if self._closed:
+                if new_log is not None:
+                    new_log.close()
                 generation.release_new(previous)
                 return self._refused(
                     file, [PolicyIssue(file, 0, 0, "", "the engine is closed", "build a new one")]
@@ -490,6 +544,7 @@ class Engine:
             self.flags.respec(flag_specs(policies))
             self._plans = self._plan(generation)
         generation.settle()
+        self._reload_exposures(new_log, policies)
         if feeds_changed:
             # Sources whose declaration did not change go on running; removed ones stop.
             self.flags.replace(feeds, keep=set(PRECEDENCE) - changed_sources)
@@ -520,6 +575,22 @@ class Engine:
             kept_sources=kept,
         )
         return ReloadResult(True, policies.version, self.versions(), changed)
+
+    def _reload_exposures(self, new_log: ExposureLog | None, policies: PolicySet) -> None:
+        """Follow a reload: a new log if ``settings.exposures`` changed (the old one writes
+        what it has queued, then closes), else the holdout salts of the new policies."""
+        old = self.exposures
+        if new_log is not None or policies.settings.exposures is None:
+            self.exposures = new_log
+            if old is not None and old is not new_log:
+                old.close()
+            return
+        if old is not None:
+            old.holdouts = {
+                name: policy.holdout.salt
+                for name, policy in policies.policies.items()
+                if policy.holdout is not None
+            }
 
     def _refused(self, file: str, issues: Sequence[PolicyIssue]) -> ReloadResult:
         self._emit(
@@ -838,6 +909,9 @@ class Engine:
             )
         if draw < self._sample_rate:
             self._emit_decision(trace)
+        exposures = self.exposures
+        if exposures is not None:
+            exposures.exposure(trace, request.user_id, candidates)
         return Decision(signals, candidates, trace)
 
     def _observer_failed(self, plan: _Plan, exc: Exception) -> None:
@@ -952,14 +1026,21 @@ class Engine:
         """The background exchange of fleet breakers, if any breaker declares ``fleet:``."""
         return self._generation.fleet
 
-    def record_click(self, trace: Trace) -> None:
-        """Report a click on the list a decision served, for CTR beside diversity.
+    def record_click(
+        self, trace: Trace, *, user_id: str | None = None, item_id: str | None = None
+    ) -> None:
+        """Report a click on the list a decision served, for CTR beside diversity, and to the
+        exposure log if there is one.
 
-        Only clicks on sampled decisions (``trace.sampled``) count, so that CTR and the
-        diversity figures describe the same lists; nothing is kept per request.
+        Only clicks on sampled decisions (``trace.sampled``) count for the monitor, so that CTR
+        and the diversity figures describe the same lists; nothing is kept per request. The
+        exposure log records every click (with the user's hash when ``user_id`` is given).
         """
         if trace.sampled:
             self.monitor.record_click(trace.policy, trace.served, trace.group)
+        exposures = self.exposures
+        if exposures is not None:
+            exposures.click(trace, user_id, item_id)
 
     def breaker(self, source: str) -> CircuitBreaker:
         """The circuit breaker of ``source``, for operators (``force_open()``, ``snapshot()``).
@@ -1009,6 +1090,8 @@ class Engine:
         for old in retiring:
             old.retire(self._generation)
         self._generation.retire(None)
+        if self.exposures is not None:
+            self.exposures.close()
         self._events.emit(ENGINE_CLOSED, policies=self.policy_names)
 
     async def aclose(self) -> None:
@@ -1021,6 +1104,8 @@ class Engine:
         for old in retiring:
             await old.aretire(self._generation)
         await self._generation.aretire(None)
+        if self.exposures is not None:
+            await asyncio.to_thread(self.exposures.close)
         self._events.emit(ENGINE_CLOSED, policies=self.policy_names)
 
     def _shut(self) -> list[Generation] | None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._diversity import MonitoringSettings
 from ._durations import FROM_DOCUMENT, Duration, format_duration
 from ._errors import PolicyIssue, PolicyValidationError
+from ._exposure import ExposureSettings
 from ._flag_settings import FlagSettings
 from ._holdout import HoldoutOptions
 from ._plugins import PluginHost, StepType
@@ -112,6 +113,7 @@ class Settings(_Strict):
     events: EventSettings = EventSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     flags: FlagSettings = FlagSettings()
+    exposures: ExposureSettings | None = None
 
 
 class _PolicyDecl(_Strict):

@@ -1,0 +1,229 @@
+"""The exposure log: one record per decision and per click, for measuring lift offline.
+
+A decision hands the log its trace, the user id and the list it served; a record is built and
+written on a thread of the log's own, never on the request path. The queue between them is
+bounded: when it is full the record is dropped and counted (``ExposureLog.dropped``), so a slow
+disk costs records, never latency. Records are JSON objects, one per line by default
+(:class:`JsonLinesSink`):
+
+- ``{"kind": "exposure", "at", "request_id", "user", "bucket", "group", "policy",
+  "config_version", "served", "reason", "exploration": [{"item", "position", "propensity"}]}``
+- ``{"kind": "click", "at", "request_id", "user", "group", "policy", "served", "item"}``
+
+``user`` is a salted hash of the user id (the first 16 hex digits of SHA-256 of
+``salt + ":" + user_id``), never the id itself; ``bucket`` is the holdout bucket under the
+policy's holdout, or null.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TextIO
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ._fork import follow_forks, forget_forks
+from ._holdout import bucket as holdout_bucket
+from ._model import Candidate
+from ._trace import Trace
+
+__all__ = ["ExposureLog", "ExposureSettings", "ExposureSink", "JsonLinesSink", "user_hash"]
+
+
+class ExposureSettings(BaseModel):
+    """``settings.exposures``: where exposure and click records go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    path: str = Field(min_length=1, description="JSON Lines file the records are appended to.")
+    user_salt: str | None = Field(default=None, description="Salt of the user hash.")
+    user_salt_env: str | None = Field(
+        default=None, description="Environment variable holding the salt (keeps it out)."
+    )
+    capacity: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Records queued at most; more are dropped."
+    )
+
+    @model_validator(mode="after")
+    def _one_salt(self) -> ExposureSettings:
+        if (self.user_salt is None) == (self.user_salt_env is None):
+            raise ValueError(
+                "the user hash needs a salt; give exactly one of user_salt and user_salt_env"
+            )
+        return self
+
+    def salt(self) -> str:
+        """The salt, read from the environment when so declared.
+
+        Raises:
+            ValueError: the environment variable is not set.
+        """
+        if self.user_salt is not None:
+            return self.user_salt
+        value = os.environ.get(self.user_salt_env or "")
+        if not value:
+            raise ValueError(
+                f"environment variable {self.user_salt_env} (user_salt_env) is not set"
+            )
+        return value
+
+
+class ExposureSink(Protocol):
+    """Where records go. Called from the log's thread only."""
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Write one record."""
+        ...
+
+    def flush(self) -> None:
+        """Make what was written durable enough (called when the queue runs empty)."""
+        ...
+
+    def close(self) -> None:
+        """Release the destination."""
+        ...
+
+
+class JsonLinesSink:
+    """Appends records as JSON lines to ``path``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._file: TextIO = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def user_hash(salt: str, user_id: str) -> str:
+    """The salted hash a record carries instead of the user id."""
+    digest = hashlib.sha256(f"{salt}:{user_id}".encode("utf-8", "surrogatepass")).hexdigest()
+    return digest[:16]
+
+
+_STOP = object()
+
+
+class ExposureLog:
+    """The bounded queue and the writer thread. Thread-safe; :meth:`close` drains and stops.
+
+    Args:
+        sink: where records go.
+        salt: the salt of the user hash.
+        capacity: records queued at most.
+        wall: the wall clock (``at``).
+        holdouts: policy name -> holdout salt, for the ``bucket`` field.
+    """
+
+    def __init__(
+        self,
+        sink: ExposureSink,
+        salt: str,
+        capacity: int,
+        wall: Callable[[], float],
+        holdouts: Mapping[str, str] | None = None,
+    ) -> None:
+        self._sink = sink
+        self._salt = salt
+        self._wall = wall
+        self.holdouts: Mapping[str, str] = dict(holdouts or {})
+        self._queue: queue.Queue[Any] = queue.Queue(capacity)
+        #: records dropped because the queue was full
+        self.dropped = 0
+        #: records written
+        self.written = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="resilience-exposures", daemon=True)
+        self._thread.start()
+        follow_forks(self)
+
+    # --- the request side: no I/O, no formatting ---------------------------------------------
+
+    def exposure(self, trace: Trace, user_id: str | None, served: Sequence[Candidate]) -> None:
+        """Queue the exposure of one decision (never blocks)."""
+        self._offer(("exposure", self._wall(), trace, user_id, served, None))
+
+    def click(self, trace: Trace, user_id: str | None, item_id: str | None) -> None:
+        """Queue a click on the list of ``trace`` (never blocks)."""
+        self._offer(("click", self._wall(), trace, user_id, (), item_id))
+
+    def _offer(self, entry: tuple[Any, ...]) -> None:
+        if self._closed:
+            return
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self.dropped += 1  # a slow disk costs records, never latency
+
+    # --- the writer thread --------------------------------------------------------------------
+
+    def _record(self, entry: tuple[Any, ...]) -> dict[str, Any]:
+        kind, at, trace, user_id, served, item_id = entry
+        user = user_hash(self._salt, user_id) if user_id else ""
+        record: dict[str, Any] = {
+            "kind": kind,
+            "at": at,
+            "request_id": trace.request_id,
+            "user": user,
+            "group": trace.group,
+            "policy": trace.policy,
+        }
+        if kind == "click":
+            record["served"] = trace.served
+            record["item"] = item_id
+            return record
+        salt = self.holdouts.get(trace.policy)
+        record["bucket"] = holdout_bucket(salt, user_id) if salt and user_id else None
+        record["config_version"] = trace.config_version
+        record["served"] = trace.served
+        record["reason"] = trace.reason.value
+        record["exploration"] = [
+            {"item": c.item_id, "position": position, "propensity": c.propensity}
+            for position, c in enumerate(served)
+            if c.propensity is not None
+        ]
+        return record
+
+    def _run(self) -> None:
+        while True:
+            entry = self._queue.get()
+            if entry is _STOP:
+                break
+            with contextlib.suppress(Exception):
+                self._sink.write(self._record(entry))
+                self.written += 1
+            if self._queue.empty():
+                with contextlib.suppress(Exception):
+                    self._sink.flush()
+        with contextlib.suppress(Exception):
+            self._sink.flush()
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, close the sink. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        forget_forks(self)
+        self._queue.put(_STOP)  # after every record already queued
+        if self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+        with contextlib.suppress(Exception):
+            self._sink.close()
+
+    def _restart_after_fork(self) -> None:
+        # The parent's queued records are the parent's to write.
+        self._queue = queue.Queue(self._queue.maxsize)
+        self._thread = threading.Thread(target=self._run, name="resilience-exposures", daemon=True)
+        self._thread.start()
