@@ -128,3 +128,14 @@ def test_a_reload_that_moves_the_log_writes_the_rest_to_the_new_file(tmp_path: P
     engine.close()
     assert len((tmp_path / "exposures.jsonl").read_text().splitlines()) == 1
     assert len((tmp_path / "moved.jsonl").read_text().splitlines()) == 1
+
+
+def test_validate_neither_creates_the_log_nor_needs_its_salt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resilience.cli import main
+
+    path = tmp_path / "policies.yaml"
+    path.write_text(TEXT.replace("user_salt: s3cret", "user_salt_env: NO_SUCH_SALT_VARIABLE"))
+    assert main(["validate", str(path)]) == 0
+    assert not (tmp_path / "exposures.jsonl").exists()
