@@ -21,6 +21,7 @@ from ._durations import format_duration
 from ._engine import Engine
 from ._errors import PluginError, PolicyValidationError
 from ._flags_cli import add_flags_command
+from ._lift import main_lift
 from ._policy import PolicySet, StepSpec, load_policies_file
 from .events import NullSink
 
@@ -79,6 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("path", nargs="?", default=DEFAULT_PATH, help="default: %(default)s")
     demo.set_defaults(run=_demo)
     add_flags_command(commands, DEFAULT_PATH)
+
+    lift = commands.add_parser(
+        "lift",
+        help="CTR per holdout group and the lift of personalization, with a 95%% interval, "
+        "from an exposure log and a click log",
+    )
+    lift.add_argument("exposures", help="JSON Lines of exposure records")
+    lift.add_argument("clicks", help="JSON Lines of click records")
+    lift.add_argument("--json", action="store_true", help="print the report as JSON")
+    lift.set_defaults(run=_lift)
     return parser
 
 
@@ -240,6 +251,10 @@ def _show(value: Any) -> str:
     if isinstance(value, list | dict):
         return json.dumps(value)
     return str(value)
+
+
+def _lift(args: argparse.Namespace) -> int:
+    return main_lift(args.exposures, args.clicks, args.json, sys.stdout, sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> int:

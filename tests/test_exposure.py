@@ -139,3 +139,25 @@ def test_validate_neither_creates_the_log_nor_needs_its_salt(
     path.write_text(TEXT.replace("user_salt: s3cret", "user_salt_env: NO_SUCH_SALT_VARIABLE"))
     assert main(["validate", str(path)]) == 0
     assert not (tmp_path / "exposures.jsonl").exists()
+
+
+def test_the_lift_report_reads_the_engines_own_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resilience.cli import main
+
+    engine = engine_in(tmp_path)
+    for n in range(50):
+        for visit in range(3):
+            decision = engine.decide(RequestContext(user_id=f"u{n}", request_id=f"r{n}-{visit}"))
+            if decision.personalized or visit == 0:  # treatment users click more
+                engine.record_click(decision.trace, user_id=f"u{n}", item_id="i1")
+    engine.close()
+    log = str(tmp_path / "exposures.jsonl")
+    assert main(["lift", log, log, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["holdout"]["exposures"] + report["treatment"]["exposures"] == 150
+    assert report["treatment"]["ctr"] > report["holdout"]["ctr"]
+    assert report["conclusive"] is False  # 50 users: too few to conclude, and it says so
+    assert main(["lift", str(tmp_path / "missing.jsonl"), log]) == 1
+    assert "cannot read the exposure log" in capsys.readouterr().err
