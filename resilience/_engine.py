@@ -430,7 +430,14 @@ class Engine:
             for name, policy in policies.policies.items()
             if policy.holdout is not None
         }
-        return ExposureLog(sink, salt, settings.capacity, self._clock.wall, holdouts)
+        return ExposureLog(
+            sink,
+            salt,
+            settings.capacity,
+            self._clock.wall,
+            holdouts,
+            owns_sink=self._exposure_sink is None,
+        )
 
     def _feeds(self, policies: PolicySet) -> list[FlagFeed]:
         if self._given_feeds is not None:
@@ -885,10 +892,15 @@ class Engine:
         shadow = plan.shadow
         if shadow:  # the trace says what the policy would have done; the answer applies none of it
             signals, candidates = None, request.candidates
+        exposures = self.exposures
+        request_id = request.request_id
+        if not request_id and exposures is not None:
+            # An exposure must be joinable to its clicks: a request without an id gets one.
+            request_id = os.urandom(8).hex()
         trace = Trace(
             plan.name,
             plan.version,
-            request.request_id,
+            request_id,
             served_id,
             reason,
             tuple(records),
@@ -909,7 +921,6 @@ class Engine:
             )
         if draw < self._sample_rate:
             self._emit_decision(trace)
-        exposures = self.exposures
         if exposures is not None:
             exposures.exposure(trace, request.user_id, candidates)
         return Decision(signals, candidates, trace)

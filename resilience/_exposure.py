@@ -106,6 +106,12 @@ class JsonLinesSink:
     def close(self) -> None:
         self._file.close()
 
+    def _after_fork(self) -> None:
+        # The parent's file object (its buffer, its lock, perhaps held at the fork) is the
+        # parent's: the child appends through a file of its own, and never touches the old one.
+        self._abandoned = self._file
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
 
 def user_hash(salt: str, user_id: str) -> str:
     """The salted hash a record carries instead of the user id."""
@@ -125,6 +131,7 @@ class ExposureLog:
         capacity: records queued at most.
         wall: the wall clock (``at``).
         holdouts: policy name -> holdout salt, for the ``bucket`` field.
+        owns_sink: close the sink with the log (not a sink the application passed in).
     """
 
     def __init__(
@@ -134,8 +141,11 @@ class ExposureLog:
         capacity: int,
         wall: Callable[[], float],
         holdouts: Mapping[str, str] | None = None,
+        *,
+        owns_sink: bool = True,
     ) -> None:
         self._sink = sink
+        self._owns_sink = owns_sink
         self._salt = salt
         self._wall = wall
         self.holdouts: Mapping[str, str] = dict(holdouts or {})
@@ -153,7 +163,10 @@ class ExposureLog:
 
     def exposure(self, trace: Trace, user_id: str | None, served: Sequence[Candidate]) -> None:
         """Queue the exposure of one decision (never blocks)."""
-        self._offer(("exposure", self._wall(), trace, user_id, served, None))
+        # The holdout salt of the moment travels with the entry: a reload may change it before
+        # the record is written.
+        salt = self.holdouts.get(trace.policy)
+        self._offer(("exposure", self._wall(), trace, user_id, served, salt))
 
     def click(self, trace: Trace, user_id: str | None, item_id: str | None) -> None:
         """Queue a click on the list of ``trace`` (never blocks)."""
@@ -170,7 +183,7 @@ class ExposureLog:
     # --- the writer thread --------------------------------------------------------------------
 
     def _record(self, entry: tuple[Any, ...]) -> dict[str, Any]:
-        kind, at, trace, user_id, served, item_id = entry
+        kind, at, trace, user_id, served, extra = entry
         user = user_hash(self._salt, user_id) if user_id else ""
         record: dict[str, Any] = {
             "kind": kind,
@@ -182,9 +195,9 @@ class ExposureLog:
         }
         if kind == "click":
             record["served"] = trace.served
-            record["item"] = item_id
+            record["item"] = extra
             return record
-        salt = self.holdouts.get(trace.policy)
+        salt = extra
         record["bucket"] = holdout_bucket(salt, user_id) if salt and user_id else None
         record["config_version"] = trace.config_version
         record["served"] = trace.served
@@ -216,14 +229,20 @@ class ExposureLog:
             return
         self._closed = True
         forget_forks(self)
-        self._queue.put(_STOP)  # after every record already queued
+        # After every record already queued; bounded, for a sink that hangs with a full queue.
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_STOP, timeout=1.0)
         if self._thread is not threading.current_thread():
             self._thread.join(5.0)
-        with contextlib.suppress(Exception):
-            self._sink.close()
+        if self._owns_sink and not self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._sink.close()
 
     def _restart_after_fork(self) -> None:
         # The parent's queued records are the parent's to write.
         self._queue = queue.Queue(self._queue.maxsize)
+        after_fork = getattr(self._sink, "_after_fork", None)
+        if callable(after_fork):
+            after_fork()
         self._thread = threading.Thread(target=self._run, name="resilience-exposures", daemon=True)
         self._thread.start()

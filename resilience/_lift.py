@@ -170,9 +170,11 @@ def lift(
     anonymous_exposures = 0
     totals: dict[str, dict[str, list[int]]] = {g: {} for g in GROUPS}  # user -> [exp, clk]
     for rec in exposures:
-        rid, user, group = str(rec["request_id"]), str(rec["user"]), str(rec["group"])
+        # One request may be decided by several policies: a click joins its own policy's.
+        rid = f"{rec.get('policy', '')}\x00{rec['request_id']}"
+        user, group = str(rec["user"]), str(rec["group"])
         if rid in group_of or rid in anonymous:
-            raise ValueError(f"request_id {rid!r} is exposed twice")
+            raise ValueError(f"request_id {rec['request_id']!r} is exposed twice")
         if group == "":
             anonymous.add(rid)
             anonymous_exposures += 1
@@ -183,7 +185,7 @@ def lift(
         totals[group].setdefault(user, [0, 0])[0] += 1
     unmatched = 0
     for rec in clicks:
-        rid = str(rec["request_id"])
+        rid = f"{rec.get('policy', '')}\x00{rec['request_id']}"
         hit = group_of.get(rid)
         if hit is None:
             if rid not in anonymous:  # clicks on anonymous exposures go with them
@@ -230,7 +232,7 @@ def lift(
     )
 
 
-def read_log(path: str, kind: str) -> list[dict[str, Any]]:
+def read_log(path: str, kind: str, *, may_be_empty: bool = False) -> list[dict[str, Any]]:
     """Read one JSON Lines log of ``kind`` ("exposure" or "click"); raises LiftInputError
     with a one-line ``file:line: what; how to fix`` message."""
     what = "exposure log" if kind == "exposure" else "click log"
@@ -282,13 +284,15 @@ def read_log(path: str, kind: str) -> list[dict[str, Any]]:
                     f'{where}: group {rec["group"]!r} is not "holdout", "treatment" or ""; '
                     "fix the group or drop the record"
                 )
-            first = seen.setdefault(rec["request_id"], n)
+            first = seen.setdefault(f"{rec.get('policy', '')}\x00{rec['request_id']}", n)
             if first != n:
                 raise LiftInputError(
                     f"{where}: request_id {rec['request_id']!r} already exposed on line "
                     f"{first}; keep one exposure per request"
                 )
         records.append(rec)
+    if not records and may_be_empty and others:
+        return records  # a log with no clicks yet: zero clicks, reported as too small
     if not records:
         if others:
             raise LiftInputError(
@@ -313,7 +317,7 @@ def main_lift(
     bad input, with one line on ``err``."""
     try:
         exposures = read_log(exposures_path, "exposure")
-        clicks = read_log(clicks_path, "click")
+        clicks = read_log(clicks_path, "click", may_be_empty=True)
         report = lift(exposures, clicks, replicates=replicates, seed=seed)
     except (LiftInputError, ValueError) as exc:
         err.write(f"error: {exc}\n")

@@ -4,6 +4,7 @@ a bounded queue whose drops are counted."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from resilience import (
 )
 from resilience._exposure import user_hash
 from resilience._holdout import bucket
-from resilience.testing import RecordingSink
+from resilience.testing import RecordingSink, wait_for_child
 
 from .conftest import REFERENCE_POLICIES
 
@@ -161,3 +162,68 @@ def test_the_lift_report_reads_the_engines_own_log(
     assert report["conclusive"] is False  # 50 users: too few to conclude, and it says so
     assert main(["lift", str(tmp_path / "missing.jsonl"), log]) == 1
     assert "cannot read the exposure log" in capsys.readouterr().err
+
+
+class Kept:
+    """A sink the application owns."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+        self.closed = False
+
+    def write(self, record: Any) -> None:
+        assert not self.closed
+        self.records.append(record)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_requests_without_an_id_get_one_and_the_applications_sink_is_never_closed(
+    tmp_path: Path,
+) -> None:
+    sink = Kept()
+    engine = engine_in(tmp_path, exposure_sink=sink)
+    first = engine.decide(RequestContext(user_id="u1"))
+    engine.record_click(first.trace, user_id="u1")
+    assert len(first.trace.request_id) == 16
+    assert engine.reload(TEXT.replace("user_salt: s3cret}", "user_salt: s3cret, capacity: 9}")).ok
+    engine.decide(RequestContext(user_id="u2"))
+    engine.close()
+    assert not sink.closed
+    ids = [r["request_id"] for r in sink.records]
+    assert len(ids) == 3 and ids[0] == ids[1] != ids[2]
+
+
+def test_a_forked_child_writes_its_own_records(tmp_path: Path) -> None:
+    engine = engine_in(tmp_path)
+    busy = threading.Event()
+
+    def traffic() -> None:
+        while not busy.is_set():
+            engine.decide(RequestContext(user_id="u1", request_id="parent"))
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                engine.decide(RequestContext(user_id="u2", request_id="child"))
+                engine.close()
+                code = 0
+            finally:
+                os._exit(code)
+        status = wait_for_child(pid, 30)
+    finally:
+        busy.set()
+        worker.join()
+        engine.close()
+    assert status == 0
+    lines = (tmp_path / "exposures.jsonl").read_text().splitlines()
+    assert any(json.loads(line)["request_id"] == "child" for line in lines)
+    assert all(json.loads(line) for line in lines)  # no torn line
