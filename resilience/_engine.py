@@ -51,6 +51,8 @@ from ._policy import (
     Mode,
     Policy,
     PolicySet,
+    beside_policy,
+    holdout_salts,
     load_policies,
     plugin_settings,
     read_policy_file,
@@ -406,9 +408,7 @@ class Engine:
         settings = policies.settings.exposures
         if settings is None:
             return None
-        path = settings.path
-        if not os.path.isabs(path) and os.path.isfile(policies.file):
-            path = os.path.join(os.path.dirname(policies.file), path)
+        path = beside_policy(policies.file, settings.path)
         try:
             salt = settings.salt()
             sink = self._exposure_sink or JsonLinesSink(path)
@@ -425,17 +425,12 @@ class Engine:
                     )
                 ]
             ) from exc
-        holdouts = {
-            name: policy.holdout.salt
-            for name, policy in policies.policies.items()
-            if policy.holdout is not None
-        }
         return ExposureLog(
             sink,
             salt,
             settings.capacity,
             self._clock.wall,
-            holdouts,
+            holdout_salts(policies),
             owns_sink=self._exposure_sink is None,
         )
 
@@ -593,11 +588,7 @@ class Engine:
                 old.close()
             return
         if old is not None:
-            old.holdouts = {
-                name: policy.holdout.salt
-                for name, policy in policies.policies.items()
-                if policy.holdout is not None
-            }
+            old.holdouts = holdout_salts(policies)
 
     def _refused(self, file: str, issues: Sequence[PolicyIssue]) -> ReloadResult:
         self._emit(

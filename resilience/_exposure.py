@@ -18,7 +18,6 @@ policy's holdout, or null.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import queue
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._fork import follow_forks, forget_forks
 from ._holdout import bucket as holdout_bucket
+from ._holdout import salted_digest
 from ._model import Candidate
 from ._trace import Trace
 
@@ -115,8 +115,7 @@ class JsonLinesSink:
 
 def user_hash(salt: str, user_id: str) -> str:
     """The salted hash a record carries instead of the user id."""
-    digest = hashlib.sha256(f"{salt}:{user_id}".encode("utf-8", "surrogatepass")).hexdigest()
-    return digest[:16]
+    return salted_digest(salt, user_id).hex()[:16]
 
 
 _STOP = object()

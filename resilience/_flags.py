@@ -32,7 +32,15 @@ from typing import Any, NamedTuple
 from ._errors import PolicyError, PolicyIssue, PolicyValidationError
 from ._flag_feed import FeedSnapshot, FlagFeed, FlagRecord
 from ._flag_settings import FlagSettings
-from ._policy import MODES_OF_GUARD, MODES_OF_POLICY, MODES_OF_POST, MODES_OF_TIER, Mode, PolicySet
+from ._policy import (
+    MODES_OF_GUARD,
+    MODES_OF_POLICY,
+    MODES_OF_POST,
+    MODES_OF_TIER,
+    Mode,
+    PolicySet,
+    beside_policy,
+)
 from ._steps import StepKind
 from .events import EventSink, register_event
 
@@ -239,8 +247,7 @@ def make_feeds(
     if settings.file is not None and "file" in wanted:
         from ._flags_file import FileFlagFeed  # noqa: PLC0415 - the watcher starts only if used
 
-        base = os.path.dirname(policy_file) if os.path.isfile(policy_file) else os.getcwd()
-        feeds.append(FileFlagFeed(os.path.join(base, settings.file)))
+        feeds.append(FileFlagFeed(beside_policy(policy_file, settings.file)))
     try:
         if settings.redis is not None and "redis" in wanted:
             from ._flags_redis import RedisFlagFeed  # noqa: PLC0415 - the redis extra
@@ -538,21 +545,22 @@ class Flags:
             for feed in fresh:
                 self._feeds.setdefault(feed.name, _Feed())
             self._running = [*staying, *started]
-            for snapshot in staging.release():
-                self._apply(snapshot)
-            self._staging = None
+            self._take_staged()
             self._update()
 
     def _remerge(self) -> None:
         """Merge again, quietly (in a forked child, whose last change may have been cut
         short): the engine plans afresh right after."""
         with self._lock:
+            self._take_staged()  # a replace() cut short: take what it held
             self._effective = self._merge()
-            if self._staging is not None:  # a replace() cut short: take what it held
-                for snapshot in self._staging.release():
-                    self._apply(snapshot)
-                self._staging = None
-                self._effective = self._merge()
+
+    def _take_staged(self) -> None:
+        """Apply what the sources a replace() started have delivered so far (under the lock)."""
+        if self._staging is not None:
+            for snapshot in self._staging.release():
+                self._apply(snapshot)
+            self._staging = None
 
     def refresh(self) -> None:
         """Read every source now."""

@@ -20,7 +20,7 @@ from typing import Any
 from ._errors import PolicyValidationError
 from ._flag_feed import FlagRecord
 from ._flags import PRECEDENCE, FlagError, Flags, FlagState, flag_specs, make_feeds
-from ._policy import PolicySet, load_policies_file
+from ._policy import PolicySet, beside_policy, load_policies_file
 from .events import NullSink
 
 __all__ = ["add_flags_command"]
@@ -309,11 +309,8 @@ def _write(args: argparse.Namespace, value: str | None) -> int:
 
 
 def _flags_path(policies: PolicySet) -> str:
-    import os  # noqa: PLC0415
-
     assert policies.settings.flags.file is not None
-    base = os.path.dirname(policies.file) if os.path.isfile(policies.file) else os.getcwd()
-    return os.path.join(base, policies.settings.flags.file)
+    return beside_policy(policies.file, policies.settings.flags.file)
 
 
 def _history(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["BUCKETS", "TEST_VECTORS", "HoldoutOptions", "bucket", "in_holdout"]
+__all__ = ["BUCKETS", "TEST_VECTORS", "HoldoutOptions", "bucket", "in_holdout", "salted_digest"]
 
 #: Number of buckets; one bucket is 0.01 percent of users.
 BUCKETS = 10_000
@@ -47,11 +47,16 @@ BUCKETS = 10_000
 _STEP_TOLERANCE = 1e-6
 
 
+def salted_digest(salt: str, user_id: str) -> bytes:
+    """SHA-256 of ``salt + ":" + user_id`` in UTF-8: the holdout bucket and the exposure log's
+    user hash both come from it."""
+    # surrogatepass: an id with a lone surrogate (possible from JSON) still has a digest
+    return hashlib.sha256(f"{salt}:{user_id}".encode("utf-8", "surrogatepass")).digest()
+
+
 def bucket(salt: str, user_id: str) -> int:
     """The bucket (0 to 9,999) of ``user_id`` under ``salt``; see the module docstring."""
-    # surrogatepass: an id with a lone surrogate (possible from JSON) still has a bucket
-    digest = hashlib.sha256(f"{salt}:{user_id}".encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
+    return int.from_bytes(salted_digest(salt, user_id)[:8], "big") % BUCKETS
 
 
 class HoldoutOptions(BaseModel):

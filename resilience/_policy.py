@@ -42,6 +42,8 @@ __all__ = [
     "PolicySet",
     "Settings",
     "StepSpec",
+    "beside_policy",
+    "holdout_salts",
     "load_policies",
     "load_policies_file",
     "plugin_settings",
@@ -284,6 +286,22 @@ def plugin_settings(text: str | bytes) -> PluginSettings | None:
         return PluginSettings.model_validate(raw, context=_DOCUMENT)
     except ValidationError:
         return None
+
+
+def beside_policy(policy_file: str, path: str) -> str:
+    """``path`` as a policy file names it: relative to that file's folder (to the working
+    folder for a document that did not come from a file); an absolute path as it is."""
+    base = os.path.dirname(policy_file) if os.path.isfile(policy_file) else os.getcwd()
+    return os.path.join(base, path)
+
+
+def holdout_salts(policies: PolicySet) -> dict[str, str]:
+    """Policy name -> the salt of its holdout, for the policies that declare one."""
+    return {
+        name: policy.holdout.salt
+        for name, policy in policies.policies.items()
+        if policy.holdout is not None
+    }
 
 
 def unreadable(
