@@ -57,9 +57,18 @@ from ._policy import (
     load_policies,
     load_policies_file,
 )
+from ._readings import (
+    BREAKER_STATES,
+    METRICS,
+    MetricSpec,
+    Reading,
+    breaker_readings,
+    register_metric,
+)
 from ._redis import RedisOptions, RedisSessionStore, SessionFormat, decode_session
 from ._retry import RetryOptions
 from ._sources import BoundSource, MemorySource, SourceFunction, SourceOptions, Store
+from ._stats import DEFAULT_DURATION_BUCKETS, DecisionTotals, MetricsSettings
 from ._steps import (
     IN_SHADOW,
     BuildContext,
@@ -77,11 +86,14 @@ from .events import EVENTS, EventSink, EventSpec, NullSink, StructlogSink, regis
 from .hookspecs import hookimpl
 
 __all__ = [
+    "BREAKER_STATES",
+    "DEFAULT_DURATION_BUCKETS",
     "ENTRY_POINT_GROUP",
     "EVENTS",
     "FAILURE_OUTCOMES",
     "FORMAT_VERSION",
     "IN_SHADOW",
+    "METRICS",
     "PRECEDENCE",
     "Affinities",
     "BoundSource",
@@ -97,6 +109,7 @@ __all__ = [
     "Click",
     "Clock",
     "Decision",
+    "DecisionTotals",
     "DiversityMonitor",
     "DiversitySnapshot",
     "Duration",
@@ -117,6 +130,8 @@ __all__ = [
     "Guard",
     "HoldoutOptions",
     "MemorySource",
+    "MetricSpec",
+    "MetricsSettings",
     "Mode",
     "MonitoringSettings",
     "NullSink",
@@ -130,6 +145,7 @@ __all__ = [
     "PolicySet",
     "PolicyValidationError",
     "PostStep",
+    "Reading",
     "Reason",
     "RedisOptions",
     "RedisSessionStore",
@@ -157,6 +173,7 @@ __all__ = [
     "Tier",
     "TierParams",
     "Trace",
+    "breaker_readings",
     "category_coverage",
     "category_entropy",
     "decode_session",
@@ -172,4 +189,5 @@ __all__ = [
     "normalize_weights",
     "parse_duration",
     "register_event",
+    "register_metric",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import threading
@@ -26,6 +27,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 from ._breaker import CircuitBreaker
+from ._bulkhead import BulkheadStats
 from ._clock import Clock, SystemClock
 from ._diversity import DiversityMonitor
 from ._errors import (
@@ -58,7 +60,9 @@ from ._policy import (
     read_policy_file,
     unreadable,
 )
+from ._readings import Reading, breaker_readings
 from ._sources import STEP_DEADLINE, SourceFunction
+from ._stats import DecisionStats, DecisionTotals
 from ._steps import IN_SHADOW, Guard, PostStep, Step, Tier
 from ._trace import Decision, Reason, StepRecord, Trace
 from ._watch import FileWatch
@@ -319,6 +323,10 @@ class Engine:
         self._retiring: list[tuple[Generation, threading.Timer | None]] = []
         self._watch: FileWatch | None = None
         self._given_feeds = flag_feeds
+        # Counted on the request path as plain integers; metrics read them when scraped.
+        self._stats = DecisionStats(policies.settings.metrics.duration_buckets)
+        self._reloads = {"ok": 0, "refused": 0}
+        self._listeners: tuple[Callable[[Trace], None], ...] = ()
         self._generation = Generation(policies, self._bindings, self._clock, self._events)
         self._random = random.Random(seed).random
         #: rolling diversity and CTR aggregates of this engine's served lists
@@ -391,8 +399,9 @@ class Engine:
         return engine
 
     def _settle(self, policies: PolicySet) -> None:
-        """Take the engine-wide settings of ``policies`` (event sampling, monitoring)."""
+        """Take the engine-wide settings of ``policies`` (event sampling, metrics, monitoring)."""
         self._sample_rate = policies.settings.events.decision_sample_rate
+        self._counting = self._stats if policies.settings.metrics.enabled else None
         monitoring = policies.settings.monitoring
         self._monitor_rate = monitoring.sample_rate
         self._draws = self._sample_rate > 0 or self._monitor_rate > 0
@@ -567,6 +576,8 @@ class Engine:
             for name, runtime in generation.sources.items()
             if previous.sources.get(name) is runtime
         )
+        with self._lock:
+            self._reloads["ok"] += 1
         self._emit(
             POLICY_RELOADED,
             file=file,
@@ -591,6 +602,8 @@ class Engine:
             old.holdouts = holdout_salts(policies)
 
     def _refused(self, file: str, issues: Sequence[PolicyIssue]) -> ReloadResult:
+        with self._lock:
+            self._reloads["refused"] += 1
         self._emit(
             RELOAD_FAILED,
             file=file,
@@ -906,6 +919,10 @@ class Engine:
                 observe(trace)
             except Exception as exc:  # an observer's bug must not cost the answer
                 self._observer_failed(plan, exc)
+        if self._counting is not None:
+            self._counting.count(trace)
+        if self._listeners:
+            self._tell_listeners(trace)
         if sampled:
             self.monitor.measure(
                 plan.name, "" if shadow else served_id, candidates, request.candidates, group
@@ -978,6 +995,7 @@ class Engine:
             0,
             int((self._now() - start) * 1e6 + 0.5),
         )
+        self._count_rare(trace)
         return Decision(None, request.candidates, trace)
 
     def _internal_error(self, request: object, exc: Exception) -> Decision:
@@ -1001,7 +1019,28 @@ class Engine:
             0,
             0,
         )
+        self._count_rare(trace)
         return Decision(None, candidates if isinstance(candidates, list | tuple) else (), trace)
+
+    def _count_rare(self, trace: Trace) -> None:
+        """Count a decision that never reached a plan (and tell listeners of it)."""
+        with contextlib.suppress(Exception):
+            if self._counting is not None:
+                self._counting.count(trace)
+            if self._listeners:
+                self._tell_listeners(trace)
+
+    def _tell_listeners(self, trace: Trace) -> None:
+        for listen in self._listeners:
+            try:
+                listen(trace)
+            except Exception as exc:  # a listener's bug must not cost the answer
+                with contextlib.suppress(Exception):
+                    self._events.emit(
+                        ENGINE_INTERNAL_ERROR,
+                        policy=trace.policy,
+                        error=f"listener failed: {type(exc).__name__}: {exc}",
+                    )
 
     def _emit_decision(self, trace: Trace) -> None:
         with contextlib.suppress(Exception):
@@ -1015,6 +1054,82 @@ class Engine:
                 budget_us=trace.budget_us,
                 steps={r.step: r.outcome.value for r in trace.steps},
             )
+
+    # --- observability -------------------------------------------------------------------------
+
+    def stats(self) -> DecisionTotals:
+        """Every decision counted since the engine started (or forked): by policy, tier served
+        and reason; each step's outcomes; the duration histogram. Empty while
+        ``settings.metrics.enabled`` is false. :mod:`resilience.metrics` exports them."""
+        return self._stats.totals()
+
+    def readings(self) -> list[Reading]:
+        """The engine's state of the moment, as metric readings: the running config versions
+        and budgets, every flag and flag source, the breakers and bulkheads of the sources,
+        what each step reports (:meth:`Step.readings`), the diversity and CTR aggregates, the
+        reloads and the exposure log. Read when metrics are scraped; never on the request path.
+        """
+        out: list[Reading] = []
+        for name, plan in self._plans.items():
+            if name:
+                version = {"policy": name, "version": plan.version}
+                out.append(Reading("resilience_config_info", 1.0, version))
+                out.append(
+                    Reading("resilience_policy_budget_seconds", plan.budget, {"policy": name})
+                )
+        out += _flag_readings(self.flags, self._clock.wall())
+        generation = self._generation
+        for source, runtime in generation.sources.items():
+            if runtime.breaker is not None:
+                out += breaker_readings(runtime.breaker)
+            if runtime.bulkhead is not None:
+                out += _bulkhead_readings(source, runtime.bulkhead.stats)
+        seen: set[int] = set()
+        for compiled in generation.compiled.values():
+            for step in (*compiled.guards, *compiled.tiers, *compiled.post):
+                if id(step) in seen or type(step).readings is Step.readings:
+                    continue
+                seen.add(id(step))
+                try:
+                    out += step.readings()
+                except Exception as exc:  # a step's bug costs its readings, not the scrape
+                    self._emit(
+                        ENGINE_INTERNAL_ERROR,
+                        policy=compiled.policy.name,
+                        error=f"readings of {step.step_id} failed: {type(exc).__name__}: {exc}",
+                    )
+        out += _diversity_readings(self.monitor)
+        with self._lock:
+            reloads = dict(self._reloads)
+        for result, count in reloads.items():
+            out.append(Reading("resilience_reloads_total", float(count), {"result": result}))
+        exposures = self.exposures
+        if exposures is not None:
+            out.append(Reading("resilience_exposure_records_written_total", exposures.written))
+            out.append(Reading("resilience_exposure_records_dropped_total", exposures.dropped))
+        return out
+
+    def add_listener(self, listener: Callable[[Trace], None]) -> Callable[[], None]:
+        """Call ``listener`` with the trace of every decision, once it is finished, on the
+        request's thread or task (so the caller's context, e.g. its current span, is there).
+
+        Keep it cheap: it runs on the request path. Exceptions are reported as
+        ``resilience.engine.internal_error`` and otherwise ignored. :mod:`resilience.otel` is
+        one such listener.
+
+        Returns:
+            A function that removes the listener.
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+        def remove() -> None:
+            with self._lock:
+                self._listeners = tuple(
+                    existing for existing in self._listeners if existing is not listener
+                )
+
+        return remove
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -1142,6 +1257,8 @@ class Engine:
             old.retire(self._generation)
 
     def _after_fork_in_child(self) -> None:
+        # A child's counters count its own decisions: each process is its own metrics target.
+        self._stats.forget()
         # Retirement timers are threads: gone in the child. Their generations close at close().
         self._retiring = [(old, None) for old, _ in self._retiring]
         # Normally the fork waited for any change in progress; if it could not (something was
@@ -1189,3 +1306,68 @@ def _would_rerank(
 
 
 _NO_POLICY = Policy("", "", 0.0, (), (), ())
+
+
+def _flag_readings(flags: Flags, now: float) -> list[Reading]:
+    out: list[Reading] = []
+    for state in flags.states():
+        key = state.key
+        out += [
+            Reading(
+                "resilience_flag_state",
+                1.0 if state.value is mode else 0.0,
+                {"flag": key, "state": mode.value},
+            )
+            for mode in Mode
+        ]
+        overridden = 0.0 if state.source == "policy" else 1.0
+        out.append(Reading("resilience_flag_overridden", overridden, {"flag": key}))
+        out.append(Reading("resilience_flag_stale", 1.0 if state.stale else 0.0, {"flag": key}))
+    for health in flags.sources():
+        labels = {"source": health.source}
+        last_ok = health.last_ok
+        out.append(Reading("resilience_flag_source_up", 1.0 if health.healthy else 0.0, labels))
+        out.append(
+            Reading(
+                "resilience_flag_source_staleness_seconds",
+                now - last_ok if last_ok is not None else math.nan,
+                labels,
+            )
+        )
+    return out
+
+
+def _bulkhead_readings(source: str, stats: BulkheadStats) -> list[Reading]:
+    labels = {"source": source}
+    return [
+        Reading("resilience_bulkhead_in_flight", float(stats.in_flight), labels),
+        Reading("resilience_bulkhead_max_concurrent", float(stats.max_concurrent), labels),
+        Reading("resilience_bulkhead_rejected_total", float(stats.rejected), labels),
+        Reading("resilience_bulkhead_abandoned_total", float(stats.abandoned), labels),
+    ]
+
+
+def _diversity_readings(monitor: DiversityMonitor) -> list[Reading]:
+    out: list[Reading] = []
+    for snap in monitor.snapshot():
+        labels = {
+            "policy": snap.policy,
+            "tier": snap.served or "none",
+            "group": snap.group or "none",
+        }
+        out += [
+            Reading("resilience_window_impressions", float(snap.impressions), labels),
+            Reading("resilience_window_clicks", float(snap.clicks), labels),
+            Reading("resilience_ctr_ratio", snap.ctr, labels),
+            Reading("resilience_diversity_category_coverage_ratio", snap.coverage, labels),
+            Reading("resilience_diversity_category_entropy_bits", snap.entropy_bits, labels),
+        ]
+        for quantile, age in (("0.5", snap.age_p50_s), ("0.9", snap.age_p90_s)):
+            out.append(
+                Reading(
+                    "resilience_diversity_item_age_seconds",
+                    math.nan if age is None else age,
+                    {**labels, "quantile": quantile},
+                )
+            )
+    return out

@@ -29,6 +29,7 @@ from ._flag_settings import FlagSettings
 from ._holdout import HoldoutOptions
 from ._plugins import PluginHost, StepType
 from ._sources import SourceOptions
+from ._stats import MetricsSettings
 from ._steps import StepKind, StepParams, TierParams, source_fields
 from ._yaml import Located, Path, format_path, read_yaml
 from .events import POLICY_LOADED, EventSink, NullSink
@@ -113,6 +114,7 @@ class Settings(_Strict):
 
     plugins: PluginSettings = PluginSettings()
     events: EventSettings = EventSettings()
+    metrics: MetricsSettings = MetricsSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     flags: FlagSettings = FlagSettings()
     exposures: ExposureSettings | None = None

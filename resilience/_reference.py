@@ -26,7 +26,10 @@ from ._plugins import PluginHost, StepType
 from ._redis import RedisOptions, SessionFormat
 from ._retry import RetryOptions
 from ._sources import SourceOptions
+from ._stats import MetricsSettings
 from ._steps import _is_source_annotation
+from .events import EVENTS
+from .metrics import METRICS
 
 __all__ = ["parameter_table", "render_parameter_tables"]
 
@@ -93,7 +96,28 @@ _OPTION_MODELS: dict[str, type[BaseModel]] = {
     "flags": FlagSettings,
     "flags_redis": RedisFlagOptions,
     "flags_openfeature": OpenFeatureOptions,
+    "metrics_settings": MetricsSettings,
 }
+
+
+def event_table() -> str:
+    """Every registered event: name, level, meaning (the built-in plugins must be loaded)."""
+    rows = ["| event | level | meaning and fields |", "| --- | --- | --- |"]
+    for name, spec in sorted(EVENTS.items()):
+        rows.append(f"| `{name}` | {spec.level} | {spec.description.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def metric_table() -> str:
+    """Every catalogued metric: name, type, labels, meaning."""
+    rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for name, spec in sorted(METRICS.items()):
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
+        rows.append(f"| `{name}` | {spec.kind} | {labels} | {spec.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+_GENERATED = {"events": event_table, "metrics": metric_table}
 
 
 def render_parameter_tables(markdown: str, host: PluginHost) -> str:
@@ -101,6 +125,9 @@ def render_parameter_tables(markdown: str, host: PluginHost) -> str:
 
     def table(match: re.Match[str]) -> str:
         name = match.group("name")
+        generated = _GENERATED.get(name)
+        if generated is not None:
+            return f"{match.group(1)}{generated()}\n{match.group(4)}"
         documented = _OPTION_MODELS.get(name) or host.step_types[name]
         return f"{match.group(1)}{parameter_table(documented)}\n{match.group(4)}"
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._clock import Clock
 from ._durations import Duration
 from ._model import Candidate, RequestContext, Signals
+from ._readings import Reading
 from ._sources import BoundSource, SourceRuntime
 from ._trace import Trace
 from .events import EventSink
@@ -237,6 +238,17 @@ class Step:
         built, on the request path, so keep it to a few counter updates. Exceptions are
         reported as ``resilience.engine.internal_error`` and otherwise ignored.
         """
+
+    def readings(self) -> Sequence[Reading]:
+        """The state this step holds, for metrics: called when metrics are scraped, never on
+        the request path (e.g. a guard's error rate, a lag it watches).
+
+        Label each reading with ``policy`` and ``step`` (the ids this step was built with) so
+        that two uses of the step type stay apart; keep label values few (no user or request
+        data). A step whose state is shared by several builds reports it once per build that
+        runs. Exceptions are ignored (the scrape goes on without this step's readings).
+        """
+        return ()
 
     def close(self) -> None:
         """Release what the step holds. Called once: when its engine closes, or when a reload

@@ -12,8 +12,9 @@ embedding application set it up, or, when it did not, to the standard-library lo
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -29,6 +30,8 @@ __all__ = [
     "EventSpec",
     "NullSink",
     "StructlogSink",
+    "register_event",
+    "use_json_logging",
 ]
 
 
@@ -71,6 +74,29 @@ EVENTS: dict[str, EventSpec] = {
         "budget_us, steps (step=outcome pairs).",
     ),
 }
+
+
+def use_json_logging(
+    stream: IO[str] | None = None, level: int | str = logging.INFO, logger_name: str = "resilience"
+) -> logging.Handler:
+    """Opt in to the project's logging setup: the events of :class:`StructlogSink` (JSON, one
+    per line) go to ``stream`` (stderr by default) from ``level`` up.
+
+    Only the logger ``logger_name`` is touched (a handler, its level, no propagation to the
+    root logger, so lines are not written twice); nothing global. For applications without a
+    logging setup of their own; the ``resilience`` command line uses it. An application that
+    configured structlog gets events through its own processors instead.
+
+    Returns:
+        The handler, to remove with ``logging.getLogger(logger_name).removeHandler(handler)``.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler
 
 
 def register_event(name: str, level: str, description: str) -> str:
@@ -125,6 +151,8 @@ class StructlogSink:
                 logger = structlog.wrap_logger(
                     logging.getLogger(logger_name),
                     processors=[
+                        # first: an event the logger would drop is never rendered
+                        structlog.stdlib.filter_by_level,
                         structlog.processors.add_log_level,
                         structlog.processors.TimeStamper(fmt="iso", utc=True),
                         structlog.processors.JSONRenderer(),

@@ -31,7 +31,7 @@ def test_every_python_example_runs(
         exec(code, namespace)  # running our own documentation is the point
 
 
-@pytest.mark.parametrize("page", ["policies.md", "sources.md", "operations.md"])
+@pytest.mark.parametrize("page", ["policies.md", "sources.md", "operations.md", "observability.md"])
 def test_parameter_tables_match_the_models(page: str) -> None:
     text = (ROOT / "docs" / page).read_text()
     assert text == render_parameter_tables(text, PluginHost(entry_points_=[])), (

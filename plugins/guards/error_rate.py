@@ -21,6 +21,7 @@ The state machine is a :class:`resilience.CircuitBreaker`, so its transitions ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Literal
 
@@ -33,14 +34,25 @@ from resilience import (
     Duration,
     Guard,
     Outcome,
+    Reading,
     Reason,
     RequestContext,
     StepKind,
     StepParams,
     Trace,
+    breaker_readings,
+    register_metric,
 )
 
-__all__ = ["ErrorRateGuard", "ErrorRateParams"]
+__all__ = ["ERROR_RATIO", "ErrorRateGuard", "ErrorRateParams"]
+
+ERROR_RATIO = register_metric(
+    "resilience_personalization_error_ratio",
+    "gauge",
+    ("policy", "step"),
+    "Failed share of the judged requests in the error_rate guard's window (0 to 1); the guard "
+    "switches personalization off above its threshold.",
+)
 
 _FAILURES = frozenset(
     {Outcome.ERROR, Outcome.TIMEOUT, Outcome.GARBAGE, Outcome.REJECTED, Outcome.BREAKER_OPEN}
@@ -104,6 +116,7 @@ class ErrorRateGuard(Guard):
                 context.events,
             ),
         )
+        self._labels = {"policy": context.policy, "step": self.step_id}
         self._reason = f"failed share above {params.threshold:.0%}"
         self._strict = params.count == "any_failure"
         tiers = [step for step, kind in context.steps.items() if kind is StepKind.TIER]
@@ -117,6 +130,12 @@ class ErrorRateGuard(Guard):
     def breaker(self) -> CircuitBreaker:
         """The guard's state machine, for operators and tests."""
         return self._breaker
+
+    def readings(self) -> Sequence[Reading]:
+        readings = breaker_readings(self._breaker)
+        ratio = self._breaker.snapshot().failure_rate
+        readings.append(Reading(ERROR_RATIO, ratio, self._labels))
+        return readings
 
     def check(self, request: RequestContext) -> str | None:
         ticket = self._breaker.permit()

@@ -28,7 +28,7 @@ import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,15 +39,38 @@ from resilience import (
     Duration,
     EventSink,
     Guard,
+    Reading,
     RequestContext,
     SourceName,
     StepParams,
     follow_forks,
     forget_forks,
     register_event,
+    register_metric,
 )
 
 __all__ = ["LagState", "LagWatch", "StreamLagGuard", "StreamLagParams"]
+
+LAG = register_metric(
+    "resilience_stream_lag_seconds",
+    "gauge",
+    ("policy", "step"),
+    "The stream processor's lag behind this machine's clock at the last read (NaN: never read, "
+    "or the last read failed).",
+)
+LAG_TRIPPED = register_metric(
+    "resilience_stream_lag_tripped",
+    "gauge",
+    ("policy", "step"),
+    "1 while the stream_lag guard keeps personalization off (lag above max_lag, or the "
+    "watermark unreadable past its grace).",
+)
+LAG_THRESHOLD = register_metric(
+    "resilience_stream_lag_threshold_seconds",
+    "gauge",
+    ("policy", "step"),
+    "The guard's max_lag: above it, personalization goes off.",
+)
 
 #: Seconds a watermark may be ahead of this machine's clock (clock skew) and still count.
 _FUTURE_SKEW = 5.0
@@ -329,6 +352,8 @@ class StreamLagGuard(Guard):
         super().__init__(params, context)
         assert isinstance(params, StreamLagParams)
         label = f"{context.policy}.{self.step_id}"
+        self._policy = context.policy
+        self._max_lag = params.max_lag
         source = context.source(params.source) if params.source is not None else None
 
         def watch() -> LagWatch:
@@ -346,6 +371,16 @@ class StreamLagGuard(Guard):
         where = id(source.runtime) if source is not None else "redis"
         self.watch = context.shared(
             ("stream_lag", context.policy, self.step_id, params.model_dump_json(), where), watch
+        )
+
+    def readings(self) -> Sequence[Reading]:
+        state = self.watch.state
+        labels = {"policy": self._policy, "step": self.step_id}
+        lag = state.lag
+        return (
+            Reading(LAG, math.nan if lag is None else lag, labels),
+            Reading(LAG_TRIPPED, 0.0 if state.verdict is None else 1.0, labels),
+            Reading(LAG_THRESHOLD, self._max_lag, labels),
         )
 
     def check(self, request: RequestContext) -> str | None:
