@@ -101,17 +101,22 @@ _OPTION_MODELS: dict[str, type[BaseModel]] = {
 
 
 def event_table() -> str:
-    """Every registered event: name, level, meaning (the built-in plugins must be loaded)."""
+    """The project's events (``resilience.*``; the built-in plugins must be loaded): name,
+    level, meaning. A third-party plugin's events are for its own docs."""
     rows = ["| event | level | meaning and fields |", "| --- | --- | --- |"]
     for name, spec in sorted(EVENTS.items()):
+        if not name.startswith("resilience."):
+            continue
         rows.append(f"| `{name}` | {spec.level} | {spec.description.replace('|', '/')} |")
     return "\n".join(rows)
 
 
 def metric_table() -> str:
-    """Every catalogued metric: name, type, labels, meaning."""
+    """The project's metrics (``resilience_*``): name, type, labels, meaning."""
     rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
     for name, spec in sorted(METRICS.items()):
+        if not name.startswith("resilience_"):
+            continue
         labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
         rows.append(f"| `{name}` | {spec.kind} | {labels} | {spec.help.replace('|', '/')} |")
     return "\n".join(rows)

@@ -84,8 +84,8 @@ def use_json_logging(
 
     Only the logger ``logger_name`` is touched (a handler, its level, no propagation to the
     root logger, so lines are not written twice); nothing global. For applications without a
-    logging setup of their own; the ``resilience`` command line uses it. An application that
-    configured structlog gets events through its own processors instead.
+    logging setup of their own. An application that configured structlog gets events through
+    its own processors instead.
 
     Returns:
         The handler, to remove with ``logging.getLogger(logger_name).removeHandler(handler)``.
