@@ -132,19 +132,19 @@ class DecisionStats:
             shard: _Shard = self._local.shard
         except AttributeError:
             shard = self._new_shard()
-        policy = trace.policy
-        key = (policy, trace.served, trace.reason, trace.shadow)
+        # One unpacking instead of six attribute reads: this runs on every decision.
+        policy, _, _, served, reason, records, _, used, _, shadow, _ = trace
+        key = (policy, served, reason, shadow)
         decisions = shard.decisions
         decisions[key] = decisions.get(key, 0) + 1
         row = shard.durations.get(policy)
         if row is None:
             row = shard.durations[policy] = [0] * self._width
-        used = trace.used_us
         row[bisect_left(self.bounds_us, used)] += 1
         row[-1] += used
         steps = shard.steps
-        for record in trace.steps:
-            step = (policy, record.step, record.outcome)
+        for record in records:
+            step = (policy, record[0], record[1])
             steps[step] = steps.get(step, 0) + 1
 
     def _new_shard(self) -> _Shard:
