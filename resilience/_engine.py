@@ -62,7 +62,7 @@ from ._policy import (
 )
 from ._readings import Reading, breaker_readings
 from ._sources import STEP_DEADLINE, SourceFunction
-from ._stats import DecisionStats, DecisionTotals
+from ._stats import DecisionStats, DecisionTotals, Layout
 from ._steps import IN_SHADOW, Guard, PostStep, Step, Tier
 from ._trace import Decision, Reason, StepRecord, Trace
 from ._watch import FileWatch
@@ -76,7 +76,11 @@ from .events import (
     register_event,
 )
 
-__all__ = ["Engine", "ReloadResult"]
+__all__ = ["UNKNOWN_POLICY", "Engine", "ReloadResult"]
+
+#: The ``policy`` label of decisions that named no running policy (metrics only: the trace
+#: keeps the name as asked).
+UNKNOWN_POLICY = "unknown"
 
 POLICY_RELOADED = register_event(
     "resilience.policy.reloaded",
@@ -142,6 +146,7 @@ class _Plan:
         "budget",
         "guards",
         "holdout",
+        "layout",
         "name",
         "observers",
         "post",
@@ -155,7 +160,9 @@ class _Plan:
         "version",
     )
 
-    def __init__(self, compiled: Compiled, flags: Mapping[str, FlagState]) -> None:
+    def __init__(
+        self, compiled: Compiled, flags: Mapping[str, FlagState], stats: DecisionStats
+    ) -> None:
         policy = compiled.policy
         self.name = policy.name
         self.version = policy.version
@@ -206,6 +213,16 @@ class _Plan:
                 found = keep(spec.mode, step)
                 if found is not Mode.OFF:
                     post.append((step, found is Mode.SHADOW))
+        layout = compiled.layouts.get(self.shadow)
+        if layout is None:  # one per policy build and mode: a flag change reuses it
+            steps = (*compiled.guards, *compiled.tiers, *compiled.post)
+            layout = compiled.layouts[self.shadow] = stats.layout(
+                policy.name,
+                [step.step_id for step in steps],
+                [tier.step_id for tier in compiled.tiers],
+                self.shadow,
+            )
+        self.layout: Layout = layout
         self.preset = tuple(preset)
         self.guards = tuple(guards)
         self.shadow_guards = frozenset(shadow_guards)
@@ -327,6 +344,7 @@ class Engine:
         self._stats = DecisionStats(policies.settings.metrics.duration_buckets)
         self._reloads = {"ok": 0, "refused": 0}
         self._listeners: tuple[Callable[[Trace], None], ...] = ()
+        self._failed_listeners: set[int] = set()
         self._generation = Generation(policies, self._bindings, self._clock, self._events)
         self._random = random.Random(seed).random
         #: rolling diversity and CTR aggregates of this engine's served lists
@@ -450,7 +468,10 @@ class Engine:
 
     def _plan(self, generation: Generation) -> dict[str, _Plan]:
         states = {state.key: state for state in self.flags.states()}
-        plans = {name: _Plan(compiled, states) for name, compiled in generation.compiled.items()}
+        plans = {
+            name: _Plan(compiled, states, self._stats)
+            for name, compiled in generation.compiled.items()
+        }
         default = generation.policies.default_policy
         if default is not None:
             plans[""] = plans[default]  # a request that names no policy: one lookup, no branch
@@ -920,7 +941,7 @@ class Engine:
             except Exception as exc:  # an observer's bug must not cost the answer
                 self._observer_failed(plan, exc)
         if self._counting is not None:
-            self._counting.count(trace)
+            self._counting.count(plan.layout, trace)
         if self._listeners:
             self._tell_listeners(trace)
         if sampled:
@@ -1026,7 +1047,11 @@ class Engine:
         """Count a decision that never reached a plan (and tell listeners of it)."""
         with contextlib.suppress(Exception):
             if self._counting is not None:
-                self._counting.count(trace)
+                # The policy name here is the caller's: a metric label must not take it, or
+                # every made-up name would be a new series (and memory that never shrinks).
+                known = trace.policy in self._plans
+                unplanned = trace if known else trace._replace(policy=UNKNOWN_POLICY)
+                self._counting.count_unplanned(unplanned)
             if self._listeners:
                 self._tell_listeners(trace)
 
@@ -1035,11 +1060,14 @@ class Engine:
             try:
                 listen(trace)
             except Exception as exc:  # a listener's bug must not cost the answer
+                if id(listen) in self._failed_listeners:
+                    continue  # reported once: a broken listener fails on every decision
+                self._failed_listeners.add(id(listen))
                 with contextlib.suppress(Exception):
                     self._events.emit(
                         ENGINE_INTERNAL_ERROR,
                         policy=trace.policy,
-                        error=f"listener failed: {type(exc).__name__}: {exc}",
+                        error=f"listener failed (reported once): {type(exc).__name__}: {exc}",
                     )
 
     def _emit_decision(self, trace: Trace) -> None:
@@ -1059,8 +1087,9 @@ class Engine:
 
     def stats(self) -> DecisionTotals:
         """Every decision counted since the engine started (or forked): by policy, tier served
-        and reason; each step's outcomes; the duration histogram. Empty while
-        ``settings.metrics.enabled`` is false. :mod:`resilience.metrics` exports them."""
+        and reason; each step's outcomes; the duration histogram. While
+        ``settings.metrics.enabled`` is false nothing is added (the counts so far stay).
+        :mod:`resilience.metrics` exports them."""
         return self._stats.totals()
 
     def readings(self) -> list[Reading]:

@@ -39,7 +39,7 @@ __all__ = ["Compiled", "Generation"]
 class Compiled:
     """One policy's steps, built, in declaration order (before any flag is applied)."""
 
-    __slots__ = ("guards", "policy", "post", "tiers")
+    __slots__ = ("guards", "layouts", "policy", "post", "tiers")
 
     def __init__(
         self,
@@ -52,6 +52,8 @@ class Compiled:
         self.guards = guards
         self.tiers = tiers
         self.post = post
+        #: where the plans of this policy count their decisions, per shadow mode (the engine's)
+        self.layouts: dict[bool, Any] = {}
 
 
 class Generation:

@@ -101,7 +101,7 @@ class EventSettings(_Strict):
     """``settings.events``."""
 
     decision_sample_rate: float = Field(
-        default=0.01,
+        default=0.001,
         ge=0.0,
         le=1.0,
         description="Share of decisions reported as resilience.decision events (0 to 1). "

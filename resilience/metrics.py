@@ -36,6 +36,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ._readings import METRICS, MetricSpec, Reading, register_metric
+from ._stats import bound_label
+from .events import ENGINE_INTERNAL_ERROR
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -72,9 +74,29 @@ class EngineCollector(Collector):
         self._engines: list[tuple[weakref.ref[Engine], dict[str, str]]] = []
 
     def add(self, engine: Engine, labels: Mapping[str, str] | None = None) -> None:
-        """Collect ``engine`` from now on, with ``labels`` on every one of its series."""
+        """Collect ``engine`` from now on, with ``labels`` on every one of its series
+        (registering an engine again replaces its labels).
+
+        Raises:
+            ValueError: the labels would make series of two engines collide, or the label
+                names differ from those of the engines already collected (Prometheus needs
+                one set of label names per metric).
+        """
+        wanted = dict(labels or {})
         with self._lock:
-            self._engines.append((weakref.ref(engine), dict(labels or {})))
+            others = [(ref, known) for ref, known in self._engines if ref() not in (None, engine)]
+            for _, known in others:
+                if set(known) != set(wanted):
+                    raise ValueError(
+                        f"engines collected together need the same label names: {sorted(known)}"
+                        f" already, {sorted(wanted)} now; e.g. labels={{'engine': 'search'}}"
+                    )
+                if known == wanted:
+                    raise ValueError(
+                        f"another engine is collected with the labels {wanted or '(none)'}: "
+                        "give each engine its own, e.g. labels={'engine': 'search'}"
+                    )
+            self._engines = [*others, (weakref.ref(engine), wanted)]
 
     def remove(self, engine: Engine) -> bool:
         """Stop collecting ``engine``; returns whether it was collected."""
@@ -102,8 +124,17 @@ class EngineCollector(Collector):
         for engine, const in self._live():
             if engine._closed:
                 continue
-            _collect_stats(engine, const, families)
-            _collect_readings(engine.readings(), const, families)
+            try:
+                readings = engine.readings()
+                _collect_stats(engine, const, families)
+            except Exception as exc:  # one engine's bug must not cost the others' metrics
+                engine._emit(
+                    ENGINE_INTERNAL_ERROR,
+                    policy="",
+                    error=f"metrics collection failed: {type(exc).__name__}: {exc}",
+                )
+                continue
+            _collect_readings(readings, const, families)
         for family, _ in families.values():
             yield family
 
@@ -133,7 +164,12 @@ def _collect_stats(engine: Engine, const: Mapping[str, str], families: _Families
     spec = METRICS["resilience_decisions_total"]
     decisions = _family(families, _DECISIONS, "counter", spec.help, (*spec.labels, *extra))
     if decisions is not None:
-        for (policy, tier, reason, shadow), count in sorted(totals.decisions.items()):
+        counted = dict(totals.decisions)
+        counting = engine.policies.settings.metrics.enabled
+        for policy in engine.versions() if counting else ():
+            # There from the start, so that increase() sees the first one (alerts key on it).
+            counted.setdefault((policy, "", "internal_error", False), 0)
+        for (policy, tier, reason, shadow), count in sorted(counted.items()):
             mode = "shadow" if shadow else "on"
             decisions.add_metric([policy, tier or "none", str(reason), mode, *values], count)
     spec = METRICS["resilience_step_outcomes_total"]
@@ -144,7 +180,7 @@ def _collect_stats(engine: Engine, const: Mapping[str, str], families: _Families
     spec = METRICS[_DURATION]
     histogram = _family(families, _DURATION, "histogram", spec.help, (*spec.labels, *extra))
     if histogram is not None:
-        bounds = [f"{b / 1e6:g}" for b in totals.bounds_us] + ["+Inf"]
+        bounds = [bound_label(b) for b in totals.bounds_us] + ["+Inf"]
         for policy, row in sorted(totals.durations.items()):
             cumulative, buckets = 0, []
             for bound, count in zip(bounds, row[:-1], strict=True):

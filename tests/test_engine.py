@@ -389,7 +389,7 @@ def test_events_built_and_sampled_decisions(
     stores: Stores,
     recording_sink: RecordingSink,
 ) -> None:
-    always = reference_yaml.replace("decision_sample_rate: 0.01", "decision_sample_rate: 1")
+    always = reference_yaml.replace("decision_sample_rate: 0.001", "decision_sample_rate: 1")
     engine = make_engine(always, stores.sync())
     engine.decide(RETURNING)
     built = recording_sink.of("resilience.engine.built")
@@ -411,7 +411,7 @@ def test_decision_events_are_off_at_rate_zero(
     stores: Stores,
     recording_sink: RecordingSink,
 ) -> None:
-    never = reference_yaml.replace("decision_sample_rate: 0.01", "decision_sample_rate: 0")
+    never = reference_yaml.replace("decision_sample_rate: 0.001", "decision_sample_rate: 0")
     engine = make_engine(never, stores.sync())
     for _ in range(50):
         engine.decide(RETURNING)

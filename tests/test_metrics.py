@@ -47,15 +47,21 @@ def scrape(registry: CollectorRegistry) -> Samples:
 
 
 def parse(text: str) -> Samples:
+    """Every sample of an exposition; a series exposed twice fails the test."""
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"exposed twice: {key}"
+            samples[key] = sample.value
     return samples
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The value of a series, which must be exposed."""
+    key = (name, frozenset(labels.items()))
+    assert key in samples, f"not exposed: {name}{labels}"
+    return samples[key]
 
 
 def series(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
@@ -103,6 +109,7 @@ def assert_counters_match(samples: Samples, decisions: list[Decision]) -> None:
     found_tiers = {
         (dict(labels)["policy"], dict(labels)["tier"], dict(labels)["reason"]): v
         for labels, v in series(samples, "resilience_decisions_total").items()
+        if v  # the internal_error series is there at 0 from the start
     }
     assert found_tiers == dict(tiers)
     found_steps = {
@@ -407,7 +414,7 @@ def test_no_user_or_session_id_reaches_an_event_or_a_metric(
     recording_sink: RecordingSink,
     registry: CollectorRegistry,
 ) -> None:
-    text = reference_yaml.replace("decision_sample_rate: 0.01", "decision_sample_rate: 1")
+    text = reference_yaml.replace("decision_sample_rate: 0.001", "decision_sample_rate: 1")
     engine = make_engine(text, stores.sync())
     metrics.register(engine, registry)
     for _ in range(5):
@@ -454,9 +461,10 @@ def _no_leaked_servers() -> Iterator[None]:
     assert wait_for(lambda: threading.active_count() <= before, 10)
 
 
-def test_the_documented_alert_rules_name_only_metrics_that_exist() -> None:
+def test_the_documented_alert_rules_parse_and_name_only_metrics_that_exist() -> None:
     import re
 
+    import promql_parser
     import yaml
 
     page = (ROOT / "docs" / "observability.md").read_text()
@@ -471,6 +479,7 @@ def test_the_documented_alert_rules_name_only_metrics_that_exist() -> None:
     }
     known = set(METRICS)
     for rule in rules:
+        promql_parser.parse(rule["expr"])  # raises on a syntax error
         names = set(re.findall(r"resilience_[a-z_]+", rule["expr"]))
         assert names, rule["alert"]
         for name in names:
@@ -497,3 +506,149 @@ def test_the_asgi_app_serves_the_registry(engine: Engine, registry: CollectorReg
     assert sent[0]["status"] == 200
     body = b"".join(m.get("body", b"") for m in sent[1:])
     assert b"resilience_decision_duration_seconds_bucket" in body
+
+
+def test_a_made_up_policy_name_never_becomes_a_label(
+    engine: Engine, registry: CollectorRegistry
+) -> None:
+    for n in range(50):
+        decision = engine.decide(RequestContext(user_id="u", policy=f"attacker-{n}"))
+        assert decision.trace.policy == f"attacker-{n}"  # the trace keeps what was asked
+    samples = scrape(registry)
+    policies = {dict(labels)["policy"] for labels in series(samples, "resilience_decisions_total")}
+    assert policies == {"search", "unknown"}
+    assert value(samples, "resilience_decisions_total", policy="unknown", tier="none",
+                 reason="unknown_policy", mode="on") == 50  # fmt: skip
+
+
+def test_the_internal_error_series_is_there_from_the_start(
+    engine: Engine, registry: CollectorRegistry
+) -> None:
+    samples = scrape(registry)
+    labels = {"policy": "search", "tier": "none", "reason": "internal_error", "mode": "on"}
+    assert value(samples, "resilience_decisions_total", **labels) == 0
+    engine.decide(object())  # type: ignore[arg-type]  # a broken request: an internal error
+    assert value(scrape(registry), "resilience_decisions_total", **labels) == 1
+
+
+def test_registering_refuses_colliding_engines_and_replaces_a_repeat(
+    make_engine: Callable[..., Engine], reference_yaml: str, stores: Stores
+) -> None:
+    registry = CollectorRegistry()
+    first = make_engine(reference_yaml, stores.sync())
+    second = make_engine(reference_yaml, stores.sync())
+    metrics.register(first, registry, labels={"engine": "a"})
+    metrics.register(first, registry, labels={"engine": "a"})  # again: replaces, no doubles
+    first.decide(USER)
+    assert value(scrape(registry), "resilience_decision_duration_seconds_count",
+                 policy="search", engine="a") == 1  # fmt: skip
+    with pytest.raises(ValueError, match="same label names"):
+        metrics.register(second, registry)
+    with pytest.raises(ValueError, match="another engine is collected with the labels"):
+        metrics.register(second, registry, labels={"engine": "a"})
+    metrics.register(second, registry, labels={"engine": "b"})
+    scrape(registry)  # parse() fails on any series exposed twice
+
+
+def test_one_engine_failing_to_report_costs_only_its_own_metrics(
+    make_engine: Callable[..., Engine],
+    reference_yaml: str,
+    stores: Stores,
+    recording_sink: RecordingSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = CollectorRegistry()
+    healthy = make_engine(reference_yaml, stores.sync())
+    broken = make_engine(reference_yaml, stores.sync())
+    metrics.register(healthy, registry, labels={"engine": "healthy"})
+    metrics.register(broken, registry, labels={"engine": "broken"})
+
+    def fails() -> list[Any]:
+        raise RuntimeError("flag board bug")
+
+    monkeypatch.setattr(broken, "readings", fails)
+    healthy.decide(USER)
+    samples = scrape(registry)
+    assert value(samples, "resilience_decision_duration_seconds_count",
+                 policy="search", engine="healthy") == 1  # fmt: skip
+    assert not [k for k in samples if ("engine", "broken") in k[1]]
+    assert any("metrics collection failed" in e["error"]
+               for e in recording_sink.of("resilience.engine.internal_error"))  # fmt: skip
+
+
+def test_bounds_closer_than_a_microsecond_are_refused(reference_yaml: str) -> None:
+    bad = reference_yaml.replace(
+        "settings:\n", "settings:\n  metrics: {duration_buckets: [1.2us, 1.4us]}\n", 1
+    )
+    with pytest.raises(PolicyValidationError, match="at least 1us apart"):
+        load_policies(bad)
+
+
+def test_a_reload_that_turns_metrics_off_stops_counting(
+    engine: Engine, reference_yaml: str
+) -> None:
+    engine.decide(USER)
+    off = reference_yaml.replace("settings:\n", "settings:\n  metrics: {enabled: false}\n", 1)
+    assert engine.reload(off).ok
+    for _ in range(5):
+        engine.decide(USER)
+    assert sum(engine.stats().decisions.values()) == 1
+
+
+def test_a_failing_listener_is_reported_once(engine: Engine, recording_sink: RecordingSink) -> None:
+    def broken(trace: object) -> None:
+        raise RuntimeError("listener bug")
+
+    engine.add_listener(broken)
+    for _ in range(20):
+        assert engine.decide(USER).trace.served == "session"
+    failures = [e for e in recording_sink.of("resilience.engine.internal_error")
+                if "listener failed" in e["error"]]  # fmt: skip
+    assert len(failures) == 1
+
+
+def test_a_fork_while_a_scrape_holds_the_counters_lock_does_not_hang_the_child(
+    engine: Engine,
+) -> None:
+    engine.decide(USER)
+    held, release = threading.Event(), threading.Event()
+
+    def scrape_in_progress() -> None:
+        with engine._stats._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=scrape_in_progress)
+    holder.start()
+    try:
+        assert held.wait(10)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                engine.decide(USER)
+                code = 0 if sum(engine.stats().decisions.values()) == 1 else 1
+            finally:
+                os._exit(code)
+        status = wait_for_exit(pid, 30)
+    finally:
+        release.set()
+        holder.join()
+    assert status == 0
+
+
+def wait_for_exit(pid: int, seconds: float) -> int | None:
+    """The child's exit code, or None (after killing it) if it did not end in time."""
+    ended: list[int] = []
+
+    def reaped() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            ended.append(os.waitstatus_to_exitcode(status))
+        return bool(ended)
+
+    if wait_for(reaped, seconds):
+        return ended[0]
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None

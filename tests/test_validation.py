@@ -665,7 +665,7 @@ def test_reference_file_loads(reference_yaml: str) -> None:
     assert [p.step_id for p in policy.post] == ["boost_cap", "exploration"]
     assert set(loaded.sources) == {"session_store", "profile_store"}
     assert loaded.settings.plugins.allow == []
-    assert loaded.settings.events.decision_sample_rate == pytest.approx(0.01)
+    assert loaded.settings.events.decision_sample_rate == pytest.approx(0.001)
     assert len(policy.version) == 12
     assert len(loaded.version) == 12
 
