@@ -1,7 +1,11 @@
-"""``python -m benchmarks [speed|faults|fleet|flags|ranking] [--quick] [--json PATH]``.
+"""Usage: ``python -m benchmarks [SUITE] [--quick] [--json PATH]``.
+
+SUITE: ``speed`` (the default), ``faults``, ``fleet``, ``flags``, ``ranking`` or
+``observability``.
 
 Without a suite name: the engine's speed against hand-written code (ratios). ``faults``: the
-fault drill against a real redis-server (docs/fault-tolerance.md).
+fault drill against a real redis-server (docs/fault-tolerance.md). ``observability``: a decision
+with metrics and events as shipped, and with every decision logged, against both off (ratios).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from . import (
     flag_propagation,
     fleet,
     happy_path,
+    observability,
     open_breaker,
     overrun,
     ranking,
@@ -80,23 +85,57 @@ def _faults(args: argparse.Namespace) -> int:
     return 0
 
 
+def _observability(args: argparse.Namespace) -> int:
+    results = {
+        "python": platform.python_version(),
+        "quick": args.quick,
+        **observability.run(quick=args.quick),
+    }
+    print("  ".join(f"{h:>13}" for h in ("mode", "configuration", "engine_ns", "off_ns", "ratio")))
+    for mode in ("sync", "async"):
+        for name, figures in results[mode].items():
+            cells = (
+                mode,
+                name,
+                f"{figures['subject_ns']:.0f}",
+                f"{figures['baseline_ns']:.0f}",
+                f"{figures['ratio']:.3f}",
+            )
+            print("  ".join(f"{c:>13}" for c in cells), flush=True)
+    repeats = results["sync"]["default"]["repeats"]
+    calls = results["sync"]["default"]["calls_per_repeat"]
+    scrape = results["scrape_ms"]
+    print(
+        f"(medians of {repeats} interleaved repeats of {calls} decisions; target: default "
+        f"ratio 1.10 or lower)\nscrape (measurement, not a ratio): generate_latest of the default "
+        f"engine's registry after {results['scraped_decisions']} decisions: median "
+        f"{scrape['median']:.3f} ms over {scrape['scrapes']} scrapes, {scrape['bytes']} bytes"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=("speed", "faults", "fleet", "flags", "ranking"),
+        choices=("speed", "faults", "fleet", "flags", "ranking", "observability"),
         default="speed",
         help="speed (default): ratios against hand-written code; faults: the fault drill "
         "against a real redis-server; fleet: fleet breakers across processes; flags: a kill "
         "switch flipped in Redis reaching two processes; ranking: "
-        "exploration on the synthetic population, and post-step cost",
+        "exploration on the synthetic population, and post-step cost; observability: the "
+        "cost of metrics and events per decision",
     )
     parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.suite == "faults":
         return _faults(args)
+    if args.suite == "observability":
+        return _observability(args)
     if args.suite == "ranking":
         results = {"python": platform.python_version(), **ranking.run(quick=args.quick)}
         on, off = results["exploration_on"], results["exploration_off"]

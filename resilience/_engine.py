@@ -918,6 +918,7 @@ class Engine:
         if shadow:  # the trace says what the policy would have done; the answer applies none of it
             signals, candidates = None, request.candidates
         exposures = self.exposures
+        used_us = int((now - start) * 1e6 + 0.5)
         request_id = request.request_id
         if not request_id and exposures is not None:
             # An exposure must be joinable to its clicks: a request without an id gets one.
@@ -930,7 +931,7 @@ class Engine:
             reason,
             tuple(records),
             int((deadline - start) * 1e6 + 0.5),
-            int((now - start) * 1e6 + 0.5),
+            used_us,
             sampled,
             shadow,
             group,
@@ -941,7 +942,7 @@ class Engine:
             except Exception as exc:  # an observer's bug must not cost the answer
                 self._observer_failed(plan, exc)
         if self._counting is not None:
-            self._counting.count(plan.layout, trace)
+            self._counting.count(plan.layout, served_id, reason, records, used_us)
         if self._listeners:
             self._tell_listeners(trace)
         if sampled:

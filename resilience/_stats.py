@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._durations import Duration
 from ._outcomes import Outcome
-from ._trace import Reason, Trace
+from ._trace import Reason, StepRecord, Trace
 
 __all__ = [
     "DEFAULT_DURATION_BUCKETS",
@@ -209,9 +209,17 @@ class DecisionStats:
         """The layout of a plan's counts (see :class:`Layout`)."""
         return Layout(policy, steps, tiers, shadow, len(self.bounds_us))
 
-    def count(self, layout: Layout, trace: Trace) -> None:
-        """Count one decision of a plan laid out by ``layout``: its tier and reason, its
-        duration, each step's outcome."""
+    def count(
+        self,
+        layout: Layout,
+        served: str,
+        reason: Reason,
+        records: Sequence[StepRecord],
+        used: int,
+    ) -> None:
+        """Count one decision of a plan laid out by ``layout``: the tier that served (``""``:
+        none) and why, each step's outcome, and the microseconds it took (the fields of its
+        trace, passed as the engine holds them)."""
         try:
             rows = self._local.shard.rows
         except AttributeError:
@@ -219,15 +227,16 @@ class DecisionStats:
         row = rows.get(layout)
         if row is None:
             row = rows[layout] = [0] * layout.width
-        # One unpacking instead of attribute reads: this runs on every decision.
-        _, _, _, served, reason, records, _, used, _, _, _ = trace
         try:
             row[layout.served[served] + _REASONS[reason]] += 1
             steps = layout.steps
             for step, outcome, _, _ in records:
                 row[steps[step] + _OUTCOMES[outcome]] += 1
-        except KeyError:  # a step the layout does not know: a bug, but never a lost count
-            self.count_unplanned(trace)
+        except KeyError:  # a step the layout does not know: a bug of ours, never a lost answer;
+            # the decision is counted by name (what the row took before the miss stays too)
+            self.count_unplanned(
+                Trace(layout.policy, "", "", served, reason, tuple(records), 0, used)
+            )
             return
         row[layout.histogram + bisect_left(self.bounds_us, used)] += 1
         row[-1] += used

@@ -91,3 +91,25 @@ def test_the_ranking_experiment_runs_on_the_synthetic_population() -> None:
         assert 0.0 < results[arm]["coverage"] <= 1.0
         assert results[arm]["ctr"] >= 0.0
     assert set(results["post_step_cost"]) == {"50", "500"}
+
+
+def test_the_observability_benchmark_compares_each_configuration_with_off() -> None:
+    import logging
+
+    from benchmarks import observability
+
+    logger = logging.getLogger("resilience")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    results = observability.run(quick=True, calls=20, repeats=1)
+    assert (list(logger.handlers), logger.level, logger.propagate) == before  # restored
+    for mode in ("sync", "async"):
+        assert set(results[mode]) == {"default", "all_logged"}
+        for figures in results[mode].values():
+            assert figures["ratio"] > 0
+            assert figures["subject_ns"] > 0
+            assert figures["baseline_ns"] > 0
+            assert figures["repeats"] == 1
+            assert figures["calls_per_repeat"] == 20
+    assert results["scrape_ms"]["median"] > 0
+    assert results["scrape_ms"]["bytes"] > 0
+    assert results["scraped_decisions"] > 0
