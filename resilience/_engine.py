@@ -1204,6 +1204,21 @@ class Engine:
             )
         return runtime.breaker
 
+    def steps(self, policy: str | None = None) -> tuple[Step, ...]:
+        """The step objects of ``policy`` (the default policy if ``None``) in the running build:
+        guards, tiers, then post steps, in declaration order, whatever the flags say. For
+        operators, tests and the simulator (which drives a ``stream_lag`` guard's polling on its
+        virtual clock); a reload builds new objects, so look them up again after one.
+
+        Raises:
+            PolicyError: no such policy.
+        """
+        generation = self._generation
+        compiled = generation.compiled.get(policy or generation.policies.default_policy or "")
+        if compiled is None:
+            raise PolicyError(f"no policy named {policy or generation.policies.default_policy!r}")
+        return (*compiled.guards, *compiled.tiers, *compiled.post)
+
     def source_stats(self) -> dict[str, dict[str, object]]:
         """Per source: its breaker's snapshot and its bulkhead's counters, where declared."""
         stats: dict[str, dict[str, object]] = {}

@@ -1,7 +1,9 @@
-"""The ``resilience`` command: validate and explain policy files, run the demo, and read and set
-flags (``resilience flags list|get|set|clear|history``).
+"""The ``resilience`` command: validate and explain policy files, run the demo, read and set
+flags (``resilience flags list|get|set|clear|history``), measure lift and run the simulator
+(``resilience simulate``).
 
-Exit codes: 0 success; 1 the policy file (or a plugin it admits) is invalid; 2 usage errors.
+Exit codes: 0 success; 1 the policy file (or a plugin it admits, or a scenario) is invalid or
+the command could not do its work; 2 usage errors.
 Errors go to stderr as ``FILE:LINE:COL: path: what is wrong (how to fix it)``, never as a
 traceback.
 """
@@ -13,7 +15,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from ._demo import run_demo
@@ -90,7 +92,45 @@ def _parser() -> argparse.ArgumentParser:
     lift.add_argument("clicks", help="JSON Lines of click records")
     lift.add_argument("--json", action="store_true", help="print the report as JSON")
     lift.set_defaults(run=_lift)
+    _simulate_parser(commands)
     return parser
+
+
+def _simulate_parser(commands: Any) -> None:
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a synthetic world through the engine on a virtual clock, under a scenario "
+        "of faults and operations; print a summary per phase",
+    )
+    simulate.add_argument(
+        "--scenario",
+        default="default",
+        metavar="NAME|PATH",
+        help="a built-in scenario or a YAML file (default: %(default)s; --list shows them)",
+    )
+    simulate.add_argument(
+        "--policies",
+        metavar="PATH",
+        help="the policy file to run (default: the simulation's own, the reference policy "
+        "with a stream_lag guard and a holdout)",
+    )
+    simulate.add_argument("--seed", type=int, default=1, help="default: %(default)s")
+    simulate.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply users, search rate and new users (same timeline); default: %(default)s",
+    )
+    simulate.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    simulate.add_argument("--report", metavar="DIR", help="write an HTML report to DIR/index.html")
+    simulate.add_argument(
+        "--redis", metavar="URL", help="run the session store against this Redis (not yet)"
+    )
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate.add_argument(
+        "--list", action="store_true", help="list the built-in scenarios and exit"
+    )
+    simulate.set_defaults(run=_simulate)
 
 
 def _load(path: str, fmt: str = "text", *, build: bool = False) -> PolicySet | int:
@@ -255,6 +295,107 @@ def _show(value: Any) -> str:
 
 def _lift(args: argparse.Namespace) -> int:
     return main_lift(args.exposures, args.clicks, args.json, sys.stdout, sys.stderr)
+
+
+class _ProgressBar:
+    """A one-line progress bar on a terminal (stderr): virtual time done and decisions."""
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._shown = -1
+
+    def __call__(self, done: float, decisions: int) -> None:
+        filled = int(done * self.WIDTH)
+        percent = int(done * 100)
+        if percent == self._shown:
+            return
+        self._shown = percent
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self._out.write(f"\r[{bar}] {percent:3d}%  {decisions:,} decisions")
+        self._out.flush()
+
+    def close(self) -> None:
+        if self._shown >= 0:
+            self._out.write("\r" + " " * (self.WIDTH + 40) + "\r")
+            self._out.flush()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulation import (  # noqa: PLC0415 - only this command needs it
+        ScenarioError,
+        SimulationError,
+        builtin_scenarios,
+        format_summary,
+        simulate,
+    )
+
+    if args.list:
+        for name, description in builtin_scenarios().items():
+            print(f"{name:<12} {description}")
+        return 0
+    bar = None if args.quiet or not sys.stderr.isatty() else _ProgressBar(sys.stderr)
+    try:
+        result = simulate(
+            args.scenario,
+            policies=args.policies,
+            seed=args.seed,
+            scale=args.scale,
+            progress=bar,
+            redis=args.redis,
+        )
+    except ScenarioError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        count = len(exc.issues)
+        print(f"{args.scenario}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
+    except PolicyValidationError as exc:
+        _report(args.policies or "policies.yaml", exc)
+        return 1
+    except (SimulationError, PluginError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    sys.stdout.write(format_summary(result))
+    if args.json:
+        try:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(result, fh, indent=2, allow_nan=False)
+                fh.write("\n")
+        except OSError as exc:
+            print(f"error: {args.json}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+            return 1
+        print(f"result written to {args.json}")
+    if args.report:
+        return _write_report(result, args.report)
+    return 0
+
+
+def _write_report(result: dict[str, Any], directory: str) -> int:
+    import importlib  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    try:
+        module = importlib.import_module("resilience.simulation._report")
+    except ModuleNotFoundError as exc:
+        if exc.name != "resilience.simulation._report":
+            raise
+        print("error: the HTML report is not available in this installation", file=sys.stderr)
+        return 1
+    render_report: Callable[[Mapping[str, Any], Path], Path] = module.render_report
+    try:
+        path = render_report(result, Path(directory))
+    except OSError as exc:
+        print(
+            f"error: {directory}: cannot write the report ({exc.strerror or exc})", file=sys.stderr
+        )
+        return 1
+    print(f"report written to {path}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ def test_all_lists_exactly_the_public_names() -> None:
         "metrics",
         "otel",
         "population",
+        "simulation",
         "testing",
     }  # submodules, importable but not re-exported
     assert set(resilience.__all__) == public - modules

@@ -249,6 +249,16 @@ class LagWatch:
                 STREAM_LAG_RECOVERED, guard=self.name, lag_s=None if lag is None else round(lag, 3)
             )
 
+    def take_over(self) -> None:
+        """Stop polling on the background thread: from now on the caller reads the watermark,
+        by calling :meth:`poll` when it chooses (the simulator does, on its virtual clock, so
+        that a run is the same for a seed). Waits for a read in progress. Idempotent; the watch
+        still closes with its build."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(self._params.read_timeout + 1.0)
+
     def close(self) -> None:
         self._stop.set()
         forget_forks(self)
