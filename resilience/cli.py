@@ -140,7 +140,7 @@ def _load(path: str, fmt: str = "text", *, build: bool = False) -> PolicySet | i
             # Wiring across steps is checked when an engine is built; build one on stand-in
             # sources so that CI sees those errors too. Real sources are bound by the service.
             stand_ins = dict.fromkeys(loaded.source_names(), _stand_in)
-            Engine(_offline(loaded), stand_ins, events=NullSink()).close()
+            Engine(_offline(loaded), stand_ins, events=NullSink(), flag_feeds=()).close()
         return loaded
     except PolicyValidationError as exc:
         if fmt == "json":
@@ -175,12 +175,16 @@ def _load(path: str, fmt: str = "text", *, build: bool = False) -> PolicySet | i
 
 
 def _offline(policies: PolicySet) -> PolicySet:
-    """``policies`` for a run of the command line: no exposure log (validating a file must not
-    create one, nor need its salt, which CI does not have)."""
-    if policies.settings.exposures is None:
-        return policies
+    """``policies`` for a run of the command line that connects to nothing: no exposure log
+    (validating a file must not create one, nor need its salt, which CI does not have), and
+    sources declared with ``redis:`` taken as plain ones, bound to stand-ins like the rest (CI
+    has no Redis; the connection settings were validated when the file was read)."""
+    sources = {
+        name: options.model_copy(update={"redis": None}) if options.redis is not None else options
+        for name, options in policies.sources.items()
+    }
     settings = policies.settings.model_copy(update={"exposures": None})
-    return dataclasses.replace(policies, settings=settings)
+    return dataclasses.replace(policies, settings=settings, sources=sources)
 
 
 def _stand_in(key: str) -> None:

@@ -457,3 +457,19 @@ def test_validate_also_checks_wiring_across_steps(
     code, _, err = run(capsys, "validate", str(path))
     assert code == 1
     assert "no tier feeds the cache 'session'" in err
+
+
+def test_validate_accepts_redis_declared_sources_and_flags_without_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Port 1 answers nothing: validating must neither connect nor refuse the declaration.
+    text = REFERENCE_POLICIES.read_text()
+    text = text.replace(
+        "  session_store:\n",
+        '  session_store:\n    redis: {url: "redis://127.0.0.1:1/0"}\n',
+        1,
+    ).replace("settings:\n", 'settings:\n  flags: {redis: {url: "redis://127.0.0.1:1/0"}}\n', 1)
+    path = tmp_path / "policies.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 0
+    assert "valid (1 policy: search)" in capsys.readouterr().out
