@@ -1,9 +1,9 @@
-# Two commands on a fresh machine (see README):  make demo  ·  make test
+# Two commands on a fresh machine (see README):  make simulate  ·  make test
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup simulate demo screenshot test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,9 +13,22 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# The main job: the default fault scenario through the engine, a summary per phase, and
+# report/index.html (self-contained; open it in a browser).
+simulate: setup
+	$(BIN)/resilience validate policies.yaml
+	mkdir -p report
+	$(BIN)/resilience simulate --json report/result.json --report report
+
+# Decision traces for a handful of requests, with failing, slow and hanging session stores.
 demo: setup
 	$(BIN)/resilience validate policies.yaml
 	$(BIN)/resilience demo policies.yaml
+
+# docs/report-screenshot.png from a fresh run, in Debian's headless Chromium.
+screenshot: simulate
+	command -v chromium >/dev/null || apt-get install -y chromium
+	$(BIN)/python scripts/screenshot_report.py report/result.json docs/report-screenshot.png
 
 lint: setup
 	$(BIN)/ruff check .
