@@ -124,7 +124,11 @@ def _simulate_parser(commands: Any) -> None:
     simulate.add_argument("--json", metavar="PATH", help="write the result as JSON")
     simulate.add_argument("--report", metavar="DIR", help="write an HTML report to DIR/index.html")
     simulate.add_argument(
-        "--redis", metavar="URL", help="run the session store against this Redis (not yet)"
+        "--redis",
+        metavar="URL",
+        help="read sessions from the Redis at URL (redis://host:port/db) through a loopback "
+        "fault proxy, on a clock of real time plus skipped time; writes only keys of its own "
+        "and deletes them at the end",
     )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.add_argument(
@@ -365,6 +369,14 @@ def _simulate(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     sys.stdout.write(format_summary(result))
+    wire = result.get("redis")
+    if wire is not None:
+        print(
+            f"session store: Redis at {wire['url']} through a fault proxy; "
+            f"{wire['sessions_written']:,} sessions written under {wire['key_prefix']}, "
+            f"{wire['keys_deleted']:,} keys deleted; {wire['real_s']:.1f}s real, "
+            f"{wire['skipped_s']:.1f}s skipped"
+        )
     if args.json:
         try:
             with open(args.json, "w", encoding="utf-8") as fh:

@@ -1,15 +1,21 @@
 """The simulator: the default scenario's acceptance figures, the lift interval's coverage over
 many seeds, scenario validation, and ``resilience simulate``. Everything runs on the virtual
-clock and is seeded; nothing asserts on timings."""
+clock and is seeded, but the ``--redis`` runs, which read sessions from a private redis-server
+(the ``redis_server`` fixture, never a shared one) on a clock of real time plus skipped time;
+nothing asserts on timings."""
 
 from __future__ import annotations
 
 import json
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from resilience import Click, SessionState
+from resilience._redis import SessionFormat, decode_session
 from resilience.cli import main
 from resilience.simulation import (
     Scenario,
@@ -19,6 +25,8 @@ from resilience.simulation import (
     load_scenario,
     simulate,
 )
+from resilience.simulation._faults import encode_session
+from resilience.testing import RedisServer
 
 # A small, fast world: every search its own session, many users, half of them held out.
 SMALL = """
@@ -267,6 +275,155 @@ def test_the_command_reports_a_bad_scenario_in_lines(
     assert err.strip().endswith("5 problems")
 
 
-def test_redis_mode_says_it_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["simulate", "--redis", "redis://127.0.0.1:1/0", "--quiet"]) == 1
-    assert "not available yet" in capsys.readouterr().err
+# --- --redis: the session store on a real (private) Redis, faults injected on the wire -----------
+
+# 90 s of a small world at 10 searches/s: healthy, then each session-store fault in turn, with
+# healthy time between them for the breaker to close again.
+REDIS_DRILL = """
+name: redis-drill
+duration: 90s
+world: {users: 600, items: 400, candidates: 20, rate: 10}
+phases:
+  - {name: healthy, until: 20s}
+  - {name: slow, until: 30s}
+  - {name: gap1, until: 40s}
+  - {name: hang, until: 50s}
+  - {name: gap2, until: 60s}
+  - {name: down, until: 70s}
+  - {name: flapping, until: 80s}
+  - {name: recovered}
+events:
+  - {at: 20s, type: latency, store: session_store, latency: 12ms, for: 10s}
+  - {at: 40s, type: hang, store: session_store, for: 10s}
+  - {at: 60s, type: outage, store: session_store, for: 10s}
+  - {at: 70s, type: flapping, store: session_store, for: 10s, down: 2s, up: 3s}
+"""
+
+
+def _keys(server: RedisServer) -> list[bytes]:
+    import redis  # the optional extra, present in the dev install
+
+    client = redis.Redis.from_url(server.url)
+    try:
+        return sorted(client.keys("*"))
+    finally:
+        client.close()
+
+
+def test_a_redis_run_reads_sessions_from_redis_through_the_fault_proxy(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.set("someone-else:key", "kept")
+    scenario = load_scenario("redis-drill", text=REDIS_DRILL)
+    result = simulate(scenario, seed=1, redis=redis_server.url, replicates=100)
+    assert result["mode"] == "real+skipped"
+    assert result["failed"] == 0
+    assert result["decisions"] > 500
+    phases = {p["name"]: p for p in result["phases"]}
+    # Healthy: the session tier serves, from what the stream processor wrote to Redis.
+    assert phases["healthy"]["served_by"].get("session", 0.0) > 0.05
+    assert phases["recovered"]["served_by"].get("session", 0.0) > 0.1
+    wire = result["redis"]
+    assert wire["sessions_written"] > 50
+    assert wire["writes"] >= wire["sessions_written"]
+    # Faults reached the engine on the wire: reads cut at their deadline (slow, hang), refused
+    # connections (down, flapping), and the breaker then refusing reads itself.
+    steps = wire["session_steps"]
+    for outcome in ("ok", "timeout", "error", "breaker_open"):
+        assert steps.get(outcome, 0) > 0, (outcome, steps)
+    for name in ("slow", "hang", "down"):
+        opened = [t for t in phases[name]["transitions"] if "session_store opened" in t["what"]]
+        assert opened, name
+    assert result["guardrails"]["session_store"]["tripped"] >= 3
+    assert result["guardrails"]["session_store"]["recovered"] >= 3
+    # Every key it wrote is gone; the one it did not write is kept.
+    assert wire["keys_deleted"] == wire["sessions_written"]
+    assert _keys(redis_server) == [b"someone-else:key"]
+    json.dumps(result, allow_nan=False)
+
+
+def test_sessions_are_written_in_the_stores_layout() -> None:
+    state = SessionState(
+        (Click("item1", "cat0", 1_700_000_000.25), Click("item2", None, 1_700_000_001.5)),
+        1_700_000_001.5,
+    )
+    for fmt in (SessionFormat(), SessionFormat(clicks="c", time="t", time_unit="ms")):
+        assert decode_session(encode_session(state, fmt), fmt, 65_536) == state
+
+
+def test_the_command_runs_against_redis_and_writes_json(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "drill.yaml"
+    scenario.write_text(
+        "name: short\nduration: 20s\nworld: {users: 300, items: 400, candidates: 20, rate: 10}\n"
+        "events: [{at: 10s, type: outage, store: session_store, for: 5s}]\n"
+    )
+    out = tmp_path / "result.json"
+    code = main(
+        [
+            "simulate",
+            "--scenario",
+            str(scenario),
+            "--redis",
+            redis_server.url,
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "real+skipped clock" in printed
+    assert f"session store: Redis at {redis_server.url} through a fault proxy" in printed
+    result = json.loads(out.read_text())
+    assert result["mode"] == "real+skipped"
+    assert result["failed"] == 0
+    assert result["redis"]["sessions_written"] > 0
+    assert _keys(redis_server) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:6379/0", "not a Redis URL"),
+        ("redis://127.0.0.1:notaport/0", "the port is not a number"),
+        ("redis://127.0.0.1:6379/zero", "not a Redis URL"),
+        ("rediss://127.0.0.1:6379/0", "TLS (rediss://) is not supported"),
+        ("redis://127.0.0.1:6379/0?max_connections=1", "drop the query"),
+    ],
+)
+def test_a_bad_redis_url_is_one_line(
+    url: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "--scenario", "steady", "--redis", url, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_unreachable_redis_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://:secret@127.0.0.1:{_free_port()}/0"  # nothing listens there
+    assert main(["simulate", "--scenario", "steady", "--redis", url, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach Redis" in err and "start it or fix the URL" in err
+    assert "secret" not in err  # the password is masked
+    assert err.count("\n") == 1
+
+
+def test_without_the_redis_extra_it_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis now fails
+    url = "redis://127.0.0.1:6379/0"  # never reached: the import fails first
+    assert main(["simulate", "--scenario", "steady", "--redis", url, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'search-resilience[redis]'" in err
+    assert err.count("\n") == 1

@@ -10,6 +10,12 @@ drawn from the list served.
 Reported latency of a decision: the virtual time it took (the stores' injected latency, cut at
 the timeouts the engine gives them) plus the real time the ``decide`` call took on this machine
 (the engine's own work, post steps included, and the simulated stores' bookkeeping).
+
+With ``redis=URL`` the session store is a real Redis reached through a fault proxy
+(:class:`~._faults.RedisSessions`) and the clock is a :class:`~._faults.SkipClock`: real elapsed
+time plus the virtual time skipped (the gaps between searches, the simulated stores' latency).
+A decision's latency is then simply the clock's advance during ``decide``: real time, the Redis
+round trips included, plus the simulated stores' injected latency.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import math
 import os
 import random
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,10 +40,19 @@ from resilience._flags import FlagError
 from resilience._holdout import bucket as holdout_bucket
 from resilience._model import Candidate, RequestContext
 from resilience._policy import PolicySet, load_policies
+from resilience._steps import source_fields
 from resilience._trace import Reason
 from resilience.testing import FakeClock
 
-from ._faults import SimStore, StoreFaults, StreamFaults
+from ._faults import (
+    RedisLostError,
+    RedisSessions,
+    SimClock,
+    SimStore,
+    SkipClock,
+    StoreFaults,
+    StreamFaults,
+)
 from ._scenario import (
     STORES,
     BadReload,
@@ -80,7 +97,7 @@ class _PolledWatch(Protocol):
 class _TimedSink:
     """Keeps every event with the virtual time it happened at."""
 
-    def __init__(self, clock: FakeClock, start: float) -> None:
+    def __init__(self, clock: SimClock, start: float) -> None:
         self._clock = clock
         self._start = start
         self.events: list[tuple[float, str, dict[str, Any]]] = []
@@ -116,7 +133,7 @@ def _load_policy(path: str | os.PathLike[str] | None) -> tuple[PolicySet, str, s
     return load_policies(text, file=name), text, name
 
 
-def _check_sources(policies: PolicySet, redis: str | None) -> None:
+def _check_sources(policies: PolicySet) -> None:
     provided = (*STORES, WATERMARK_SOURCE)
     unknown = sorted(set(policies.source_names()) - set(provided))
     if unknown:
@@ -136,7 +153,6 @@ def _check_sources(policies: PolicySet, redis: str | None) -> None:
             f"{policies.file}: no default_policy; the simulator's requests name no policy: "
             "add default_policy"
         )
-    del redis
 
 
 def _offline(policies: PolicySet) -> PolicySet:
@@ -163,6 +179,18 @@ def _scaled(scenario: Scenario, scale: float) -> Scenario:
         for e in scenario.events
     ]
     return scenario.model_copy(update={"world": world, "events": events})
+
+
+def _store_faults(scenario: Scenario, name: str) -> StoreFaults:
+    """The faults the scenario schedules on store ``name``, over its healthy latency."""
+    return StoreFaults(
+        [
+            e
+            for e in scenario.events
+            if isinstance(e, Latency | Outage | Hang | Flapping) and name in e.stores
+        ],
+        scenario.world.latency.get(name, 0.001),  # type: ignore[call-overload]
+    )
 
 
 def _broken(text: str) -> str:
@@ -205,28 +233,45 @@ def simulate(
         scale: multiplies the world's users, search rate and new-user counts (same timeline).
         replicates: bootstrap replicates of the lift's interval.
         progress: called now and then with (share of virtual time done, decisions so far).
-        redis: run the session store against this Redis (not available yet).
+        redis: run the session store against the Redis at this URL, through a fault proxy,
+            on a clock of real time plus skipped time (``docs/simulation.md``). Such a run is
+            not the same for a seed: what the engine does depends on real timings. Only keys
+            under a prefix of the run's own are written, and they are deleted at the end.
 
     Raises:
         ScenarioError: the scenario is invalid.
         PolicyValidationError: the policy file is invalid.
         SimulationError: the run cannot be set up as asked.
     """
-    if redis is not None:
-        raise SimulationError(
-            "--redis is not available yet: the session store runs in memory on the virtual "
-            "clock; drop --redis"
-        )
     if not (scale > 0 and math.isfinite(scale)):
         raise SimulationError(f"scale must be a positive number, not {scale!r}")
     loaded = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     plan = _scaled(loaded, scale)
     policy_set, policy_text, policy_name = _load_policy(policies)
-    _check_sources(policy_set, redis)
+    _check_sources(policy_set)
+    wire: RedisSessions | None = None
+    if redis is not None:
+        try:
+            wire = RedisSessions.connect(
+                redis,
+                _store_faults(plan, RedisSessions.NAME),
+                random.Random(f"{seed}:{RedisSessions.NAME}"),
+                f"{os.getpid()}-{uuid.uuid4().hex[:12]}",
+            )
+        except ValueError as exc:
+            raise SimulationError(str(exc)) from None
     started = time.perf_counter()
-    records = _Run(plan, policy_set, policy_text, seed, progress).run()
+    run = _Run(plan, policy_set, policy_text, seed, progress, wire)
+    try:
+        records = run.run()
+        real = run.clock.real() if isinstance(run.clock, SkipClock) else 0.0
+    except RedisLostError as exc:  # Redis itself failed mid-run (not an injected fault)
+        raise SimulationError(f"{exc}; the run stopped: check the server") from None
+    finally:
+        if wire is not None:
+            wire.close()
     wall = time.perf_counter() - started
-    return summarize(
+    result = summarize(
         records,
         plan,
         seed=seed,
@@ -235,6 +280,17 @@ def simulate(
         replicates=replicates,
         wall_s=wall,
     )
+    result["redis"] = None
+    if wire is not None and isinstance(run.clock, SkipClock):
+        result["mode"] = "real+skipped"
+        result["redis"] = {
+            **wire.report(),
+            "real_s": round(real, 3),
+            "skipped_s": round(run.clock.skipped, 3),
+            "behind_max_s": round(run.behind, 4),
+            "session_steps": dict(sorted(run.session_outcomes.items())),
+        }
+    return result
 
 
 class _Run:
@@ -245,6 +301,7 @@ class _Run:
         policy_text: str,
         seed: int,
         progress: Callable[[float, int], None] | None,
+        wire: RedisSessions | None = None,
     ) -> None:
         self.scenario = scenario
         self.policies = policies
@@ -253,7 +310,21 @@ class _Run:
         self.progress = progress
         assert policies.default_policy is not None
         self.policy = policies.default_policy
-        self.clock = FakeClock(wall=EPOCH, monotonic=1_000.0)
+        self.wire = wire
+        self.clock: SimClock = (
+            FakeClock(wall=EPOCH, monotonic=1_000.0)
+            if wire is None
+            else SkipClock(wall=EPOCH, monotonic=1_000.0)
+        )
+        #: the most a search started after its arrival (real time overtaking the timeline)
+        self.behind = 0.0
+        #: outcomes of the steps that read the session store (``--redis`` runs)
+        self.session_outcomes: Counter[str] = Counter()
+        self.session_steps = frozenset(
+            spec.step_id
+            for spec in policies.policies[self.policy].steps()
+            if any(name == RedisSessions.NAME for _, name in source_fields(spec.params))
+        )
         self.start = self.clock.monotonic()
         self.sink = _TimedSink(self.clock, self.start)
         world = scenario.world
@@ -261,18 +332,11 @@ class _Run:
             [e for e in scenario.events if isinstance(e, StreamLag)], world.stream_delay
         )
         self.world = World(world, seed, EPOCH, stream)
-        self.stores = {
+        self.stores: dict[str, Any] = {
             name: SimStore(
                 name,
                 lookup,
-                StoreFaults(
-                    [
-                        e
-                        for e in scenario.events
-                        if isinstance(e, Latency | Outage | Hang | Flapping) and name in e.stores
-                    ],
-                    world.latency.get(name, 0.001),  # type: ignore[call-overload]
-                ),
+                _store_faults(scenario, name),
                 self.clock,
                 self.start,
                 random.Random(f"{seed}:{name}"),
@@ -283,6 +347,8 @@ class _Run:
                 ("segment_store", self.world.population.segments),
             )
         }
+        if wire is not None:
+            self.stores[RedisSessions.NAME] = wire.store
         self.records = Records(self.policy, policies)
         self.watches: list[tuple[_PolledWatch, float]] = []
         self.tasks: list[_Task] = []
@@ -404,6 +470,8 @@ class _Run:
         try:
             self._take_over_watches(engine)
             self._operations(engine)
+            if isinstance(self.clock, SkipClock):
+                self.clock.start()  # real time counts from the first search on
             self._loop(engine)
         finally:
             engine.close()
@@ -425,6 +493,8 @@ class _Run:
         duration = self.scenario.duration
         progress = self.progress
         held_out = _holdout_user(self.policies, policy)
+        wire = self.wire
+        sessions = world.population.sessions
         tasks = self.tasks
         n = 0
         for arrival, user, session in world.searches(traffic, duration):
@@ -438,7 +508,12 @@ class _Run:
                 next_bucket += bucket
             self._advance_to(arrival)
             t = self.now()
-            world.apply_clicks(t)
+            updated = world.apply_clicks(t)
+            if wire is not None:
+                wire.write((s, sessions(s)) for s in updated)
+                t = self.now()  # the write took real time
+                self.behind = max(self.behind, t - arrival)
+                wire.prepare(t)
             candidates = world.query(traffic)
             n += 1
             request = RequestContext(
@@ -457,8 +532,14 @@ class _Run:
                 continue
             real = perf() - r0
             virtual = clock.monotonic() - v0
+            # On a SkipClock the clock's advance already holds the real time.
+            latency = virtual if wire is not None else virtual + real
             trace = decision.trace
             shown = decision.candidates
+            if wire is not None:
+                for step in trace.steps:
+                    if step.step in self.session_steps:
+                        self.session_outcomes[step.outcome.value] += 1
             failed = trace.reason is Reason.INTERNAL_ERROR or (len(shown) != len(candidates))
             group = trace.group
             expected = world.expected_clicks(user, shown)
@@ -469,7 +550,7 @@ class _Run:
             clicked = world.click(clicks, user, session, shown, t)
             records.decision(
                 t,
-                (virtual + real) * 1e3,
+                latency * 1e3,
                 trace.served,
                 trace.reason.value,
                 group,

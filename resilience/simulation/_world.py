@@ -73,14 +73,20 @@ class World:
         """Event time (wall seconds) up to which clicks are applied, at virtual time ``t``."""
         return self.now + t - self._stream.lag(t)
 
-    def apply_clicks(self, t: float) -> None:
-        """Apply the clicks the stream processor has reached by virtual time ``t``."""
+    def apply_clicks(self, t: float) -> list[str]:
+        """Apply the clicks the stream processor has reached by virtual time ``t``; returns the
+        sessions updated (each once, in the order first updated)."""
         watermark = self.watermark(t)
         pending = self._pending
+        if not pending or pending[0][0] > watermark:
+            return []
         click = self.population.click
+        updated: dict[str, None] = {}
         while pending and pending[0][0] <= watermark:
             at, session, candidate = pending.popleft()
             click(session, candidate, at)
+            updated[session] = None
+        return list(updated)
 
     # --- traffic ------------------------------------------------------------------------------
 
