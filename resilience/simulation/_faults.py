@@ -289,13 +289,7 @@ class FaultProxy(LatencyProxy):
                     upstream.close()
                     continue
                 self._sockets += [client, upstream]
-            for source, sink, delayed in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(
-                    target=self._pump,
-                    args=(source, sink, delayed),
-                    name="fault-proxy-pump",
-                    daemon=True,
-                ).start()
+            self._pump_both(client, upstream)
 
 
 def _reset(sock: socket.socket) -> None:

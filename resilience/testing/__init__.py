@@ -437,13 +437,17 @@ class LatencyProxy:
                 continue
             with self._lock:
                 self._sockets += [client, upstream]
-            for source, sink, delayed in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(
-                    target=self._pump,
-                    args=(source, sink, delayed),
-                    name="latency-proxy-pump",
-                    daemon=True,
-                ).start()
+            self._pump_both(client, upstream)
+
+    def _pump_both(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Carry bytes both ways between a client and its upstream, replies delayed."""
+        for source, sink, delayed in ((client, upstream, False), (upstream, client, True)):
+            threading.Thread(
+                target=self._pump,
+                args=(source, sink, delayed),
+                name=f"{type(self).__name__.lower()}-pump",
+                daemon=True,
+            ).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, delayed: bool) -> None:
         try:
