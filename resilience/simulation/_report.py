@@ -254,6 +254,8 @@ def nice_step(span: float, count: int) -> float:
     if span <= 0 or not math.isfinite(span):
         return 1.0
     raw = span / max(count, 1)
+    if not raw > 0:  # a subnormal span divides to zero
+        return 1.0
     power = 10.0 ** math.floor(math.log10(raw))
     for factor in (1.0, 2.0, 2.5, 5.0, 10.0):
         if raw <= factor * power * (1 + 1e-9):
