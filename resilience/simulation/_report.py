@@ -266,7 +266,7 @@ def nice_step(span: float, count: int) -> float:
 def nice_ticks(top: float, count: int = 5) -> tuple[list[float], float]:
     """Ticks from 0 up to ``top`` rounded up to a whole step, and that rounded top."""
     step = nice_step(top, count)
-    ceiling = math.ceil(top / step - 1e-9) * step
+    ceiling = max(math.ceil(top / step - 1e-9), 1) * step  # never a zero-height axis
     ticks = [i * step for i in range(round(ceiling / step) + 1)]
     return ticks, ceiling
 
