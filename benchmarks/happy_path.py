@@ -1,7 +1,10 @@
 """The happy path: the reference policy's first tier serves, sync and asyncio.
 
-The baseline is what a careful engineer writes by hand for the same job: read the session
-store and the profile store, blend (the same domain function the tier uses), check the 10 ms
+The policy is the reference ``policies.yaml`` without its post steps, plus a 10% holdout (as
+the simulator runs it): guards, chain, breakers and the holdout hash all run.
+
+The baseline is what a careful engineer writes by hand for the same job: check the kill switch,
+hash the user into the holdout or not, read the session store and the profile store, blend (the same domain function the tier uses), check the 10 ms
 tier timeout and the 30 ms budget on a monotonic clock, feed the stale cache only on change,
 and build a trace with the same information (policy, config version, served tier, reason,
 one record per step with outcome and microseconds, budget and time used).
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from resilience_plugins.signal_cache import SignalCache
+
+from resilience._holdout import bucket as holdout_bucket
 from resilience_plugins.tiers.session import SessionParams, blend
 
 from resilience import (
@@ -34,6 +39,7 @@ from resilience import (
     RequestContext,
     SessionState,
     Signals,
+    SourceFunction,
     StepRecord,
     Trace,
     load_policies,
@@ -66,6 +72,13 @@ REQUEST = RequestContext(
     request_id="r",
     candidates=tuple(Candidate(f"c{n}", 1.0 - n / 100) for n in range(20)),
 )
+
+
+#: The holdout the benchmark policy declares; REQUEST's user is in the treatment group.
+HOLDOUT_SALT = "benchmark-holdout"
+HOLDOUT_PERCENT = 10
+#: A user the holdout keeps (the degraded-path benchmark's "holdout user").
+HELD_OUT_USER = "u4"
 
 
 async def _async_sessions(key: str) -> SessionState | None:
@@ -154,6 +167,8 @@ class HandWritten:
 
     def __init__(self, version: str, *, protected: bool = True) -> None:
         self.version = version
+        #: the kill switch, read on every request ("search" -> False switches it off)
+        self.switches: dict[str, bool] = {}
         self.notes: dict[float, str] = {}
         self.protected = protected  # False: the foundation's policy, with no breakers or guard
         self.params = SessionParams()
@@ -173,10 +188,15 @@ class HandWritten:
         deadline = start + budget
         records: list[StepRecord] = []
         signals: Signals | None = None
-        allowed = True
+        allowed = self.switches.get("search", True)  # the kill switch (its off path is elided)
+        if self.protected and request.user_id:
+            # the holdout's path (the terminal tier alone) is elided: REQUEST is in treatment
+            allowed = allowed and (
+                holdout_bucket(HOLDOUT_SALT, request.user_id) >= HOLDOUT_PERCENT * 100
+            )
         if self.protected:
             g0 = now()
-            allowed = self.guard.allowed(g0)  # the error-rate guard (a disabled path is elided)
+            allowed = allowed and self.guard.allowed(g0)  # the error-rate guard
             records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
         t0 = now()
         timeout = min(0.010, deadline - t0)
@@ -223,10 +243,14 @@ class HandWritten:
         deadline = start + budget
         records: list[StepRecord] = []
         signals: Signals | None = None
-        allowed = True
+        allowed = self.switches.get("search", True)
+        if self.protected and request.user_id:
+            allowed = allowed and (
+                holdout_bucket(HOLDOUT_SALT, request.user_id) >= HOLDOUT_PERCENT * 100
+            )
         if self.protected:
             g0 = now()
-            allowed = self.guard.allowed(g0)
+            allowed = allowed and self.guard.allowed(g0)
             records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
         t0 = now()
         timeout = min(0.010, deadline - t0)
@@ -306,6 +330,8 @@ class HandWritten:
         t1 = time.perf_counter()
         if outcome is Outcome.OK and t1 - t0 > timeout:
             outcome, signals = Outcome.TIMEOUT, None
+        elif signals is not None:
+            detail = signals.note  # the blend weight, as the engine's record shows it
         records.append(StepRecord("session", outcome, int((t1 - t0) * 1e6 + 0.5), detail))
         if self.protected:
             self.guard.record(outcome is not Outcome.OK and outcome is not Outcome.MISS, t1)
@@ -319,6 +345,9 @@ class HandWritten:
             tuple(records),
             int((deadline - start) * 1e6 + 0.5),
             int((time.perf_counter() - start) * 1e6 + 0.5),
+            False,
+            False,
+            "treatment" if self.protected else "",  # the holdout group, as the engine's trace
         )
         return Decision(signals, request.candidates, trace)
 
@@ -358,27 +387,41 @@ def _unprotected(text: str) -> str:
     return re.sub(r"(?m)^    guards:\n(?:      .*\n)+", "    guards: []\n", text)
 
 
+def policy_text(*, protected: bool = True) -> str:
+    """The happy path's policy: the reference file without post steps, plus the holdout
+    (``protected``), or without sources, guards and holdout (the foundation's measurement)."""
+    text = without_post((ROOT / "policies.yaml").read_text())
+    if not protected:
+        return _unprotected(text)
+    holdout = f"    holdout:\n      salt: {HOLDOUT_SALT}\n      percent: {HOLDOUT_PERCENT}\n"
+    return re.sub(r"(?m)^(    budget: .*\n)", lambda m: m.group(1) + holdout, text, count=1)
+
+
+def sync_sources() -> dict[str, SourceFunction]:
+    """The in-memory stores, as sync functions."""
+    return {"session_store": SESSIONS, "profile_store": PROFILES, "segment_store": SEGMENTS}
+
+
+def async_sources() -> dict[str, SourceFunction]:
+    """The same stores; the session and profile stores as coroutine functions."""
+    return {**sync_sources(), "session_store": _async_sessions, "profile_store": _async_profiles}
+
+
 def run(*, quick: bool) -> dict[str, dict[str, Any]]:
     """Measure the happy path: ``sync``, ``async`` and their ``foundation_*`` forms."""
-    policies = load_policies(without_post((ROOT / "policies.yaml").read_text()))
-    sync_sources = {"session_store": SESSIONS, "profile_store": PROFILES, "segment_store": SEGMENTS}
-    async_sources = {
-        **sync_sources,
-        "session_store": _async_sessions,
-        "profile_store": _async_profiles,
-    }
+    policies = load_policies(policy_text())
     calls, repeats = (2_000, 9) if quick else (10_000, 15)
     results: dict[str, Comparison] = {}
     # The foundation's measurement, kept so that regressions show: the same policy without
     # source protection and without the error_rate guard, against the same hand-written code.
-    bare = load_policies(_unprotected(without_post((ROOT / "policies.yaml").read_text())))
-    with Engine(bare, sync_sources, events=NullSink(), seed=1) as engine:
+    bare = load_policies(policy_text(protected=False))
+    with Engine(bare, sync_sources(), events=NullSink(), seed=1) as engine:
         reference = HandWritten(engine.config_version(), protected=False)
         assert engine.decide(REQUEST).signals == reference.decide(REQUEST).signals
         results["foundation_sync"] = compare(
             sync_loop(engine.decide), sync_loop(reference.decide), calls=calls, repeats=repeats
         )
-    with Engine(policies, sync_sources, events=NullSink(), seed=1) as engine:
+    with Engine(policies, sync_sources(), events=NullSink(), seed=1) as engine:
         reference = HandWritten(engine.config_version())
         check = engine.decide(REQUEST)
         assert check.trace.served == "session", check.trace
@@ -388,7 +431,7 @@ def run(*, quick: bool) -> dict[str, dict[str, Any]]:
         )
     loop = asyncio.new_event_loop()
     try:
-        with Engine(bare, async_sources, events=NullSink(), seed=1) as engine:
+        with Engine(bare, async_sources(), events=NullSink(), seed=1) as engine:
             reference = HandWritten(engine.config_version(), protected=False)
             results["foundation_async"] = compare(
                 async_loop(engine.adecide, loop),
@@ -396,7 +439,7 @@ def run(*, quick: bool) -> dict[str, dict[str, Any]]:
                 calls=calls,
                 repeats=repeats,
             )
-        with Engine(policies, async_sources, events=NullSink(), seed=1) as engine:
+        with Engine(policies, async_sources(), events=NullSink(), seed=1) as engine:
             reference = HandWritten(engine.config_version())
             check = loop.run_until_complete(engine.adecide(REQUEST))
             assert check.trace.served == "session", check.trace
