@@ -769,6 +769,7 @@ class Engine:
                 now = self._now
                 served: Tier | None = None
                 signals: Signals | None = None
+                task: asyncio.Task[Any] | None = None  # looked up once, at the first await
                 for tier in tiers:
                     t0 = now()
                     timeout = _slot(tier, deadline - t0)
@@ -776,6 +777,8 @@ class Engine:
                         records.append(StepRecord(tier.step_id, _SKIPPED, 0))
                         continue
                     if tier.awaits:
+                        if task is None:
+                            task = asyncio.current_task()
                         when = asyncio.get_running_loop().time() + timeout
                         cutoff = asyncio.timeout_at(when)
                         marker = STEP_DEADLINE.set(when)  # sources tell a cut from a cancel by it
@@ -784,14 +787,16 @@ class Engine:
                                 result = await tier.arun(request, timeout)
                         except (Exception, asyncio.CancelledError) as exc:
                             STEP_DEADLINE.reset(marker)
-                            self._propagate_cancellation(plan, request, start, records)
+                            if task is not None and task.cancelling():
+                                self._raise_cancelled(plan, request, start, records)
                             if cutoff.expired():
                                 outcome, detail = _TIMEOUT, "cancelled at deadline"
                             else:
                                 outcome, detail = _failure(exc)
                         else:
                             STEP_DEADLINE.reset(marker)
-                            self._propagate_cancellation(plan, request, start, records)
+                            if task is not None and task.cancelling():
+                                self._raise_cancelled(plan, request, start, records)
                             outcome, detail = _classify(result, now() - t0, timeout)
                     else:
                         outcome, detail, result, _ = _run_sync(tier, request, timeout, t0, now)
@@ -810,34 +815,33 @@ class Engine:
         except Exception as exc:
             return self._internal_error(request, exc)
 
-    def _propagate_cancellation(
+    def _raise_cancelled(
         self, plan: _Plan, request: RequestContext, start: float, records: list[StepRecord]
     ) -> None:
-        """Re-raise the caller's cancellation if a step swallowed or converted it.
+        """Re-raise the caller's cancellation, called when a step swallowed or converted it
+        (the task is still ``cancelling()`` after the step).
 
         ``asyncio.timeout`` uncancels what it cancelled itself, so anything left pending here is
         the caller's: it must win over any outcome. Observers still hear of the decision (reason
         ``cancelled``), so that nothing they hold for it, such as a probe, is lost.
         """
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            if plan.observers:
-                trace = Trace(
-                    plan.name,
-                    plan.version,
-                    request.request_id,
-                    "",
-                    Reason.CANCELLED,
-                    tuple(records),
-                    0,
-                    int((self._now() - start) * 1e6 + 0.5),
-                )
-                for observe in plan.observers:
-                    try:
-                        observe(trace)
-                    except Exception as exc:
-                        self._observer_failed(plan, exc)
-            raise asyncio.CancelledError
+        if plan.observers:
+            trace = Trace(
+                plan.name,
+                plan.version,
+                request.request_id,
+                "",
+                Reason.CANCELLED,
+                tuple(records),
+                0,
+                int((self._now() - start) * 1e6 + 0.5),
+            )
+            for observe in plan.observers:
+                try:
+                    observe(trace)
+                except Exception as exc:
+                    self._observer_failed(plan, exc)
+        raise asyncio.CancelledError
 
     def _begin(
         self, plan: _Plan, request: RequestContext, start: float
