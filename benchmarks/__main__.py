@@ -1,11 +1,15 @@
-"""Usage: ``python -m benchmarks [SUITE] [--quick] [--json PATH]``.
+"""Usage: ``python -m benchmarks [SUITE] [--quick] [--json PATH] [--check]``.
 
 SUITE: ``speed`` (the default), ``faults``, ``fleet``, ``flags``, ``ranking`` or
-``observability``.
+``observability``; ``python -m benchmarks profile --help``: a pyinstrument profile of a decision.
 
-Without a suite name: the engine's speed against hand-written code (ratios). ``faults``: the
-fault drill against a real redis-server (docs/fault-tolerance.md). ``observability``: a decision
-with metrics and events as shipped, and with every decision logged, against both off (ratios).
+Without a suite name: the performance suite of docs/performance.md, every figure a ratio of
+interleaved runs against a baseline measured in the same run: the happy path against
+hand-written code, a naive composition of the libraries, degraded paths, post steps, scale,
+throughput, memory and cutoff accuracy, then the targets (``--check``: exit 1 if one is missed).
+``faults``: the fault drill against a real redis-server (docs/fault-tolerance.md).
+``observability``: a decision with metrics and events as shipped, and with every decision
+logged, against both off (ratios).
 """
 
 from __future__ import annotations
@@ -14,27 +18,35 @@ import argparse
 import json
 import platform
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import (
     concurrency,
+    degraded,
     faults,
     flag_propagation,
     fleet,
     happy_path,
+    memory,
+    naive,
     observability,
-    open_breaker,
     overrun,
+    post_steps,
     ranking,
+    scale,
+    throughput,
 )
+from .targets import check_targets
 
 
 def _overrun_line(mode: str, figures: dict[str, Any]) -> str:
     spread = figures["overrun_ms"]
     outcomes = ", ".join(f"{name} {count}" for name, count in figures["outcomes"].items())
     line = (
-        f"overrun.{mode} (measurement, not a ratio): ms past the 10 ms budget over "
+        f"cutoff.{mode} (measurement, not a ratio): ms past the 10 ms budget over "
         f"{figures['calls']} decisions: p50 {spread['p50']:.2f}, p99 {spread['p99']:.2f}, "
         f"p99.9 {spread['p99.9']:.2f}, max {spread['max']:.2f}; "
         f"exceptions {figures['exceptions']}; session outcomes: {outcomes}"
@@ -117,6 +129,10 @@ def _observability(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["profile"]:  # its own options (benchmarks/profile.py)
+        from . import profile  # noqa: PLC0415 - pyinstrument, a dev dependency, only here
+
+        return profile.main(sys.argv[2:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument(
         "suite",
@@ -131,6 +147,9 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a target of the speed suite is missed"
+    )
     args = parser.parse_args()
     if args.suite == "faults":
         return _faults(args)
@@ -191,20 +210,93 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0
-    results: dict[str, Any] = {
-        "python": platform.python_version(),
-        "quick": args.quick,
-        "happy_path": happy_path.run(quick=args.quick),
-    }
-    for mode, figures in results["happy_path"].items():
+    return _speed(args)
+
+
+def _speed(args: argparse.Namespace) -> int:
+    """The performance suite: every figure of docs/performance.md, then the targets."""
+    quick = args.quick
+    results: dict[str, Any] = {"python": platform.python_version(), "quick": quick}
+
+    def section(name: str, measure: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        results[name] = measure()
+        results.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
+        return results[name]
+
+    happy = section("happy_path", lambda: happy_path.run(quick=quick))
+    for mode, figures in happy.items():
+        print(_ratio_line(f"happy_path.{mode}", figures, "engine", "hand-written"), flush=True)
+
+    naive_figures = section("naive", lambda: naive.run(quick=quick))
+    for mode, figures in naive_figures.items():
         print(
-            f"happy_path.{mode}: engine {figures['subject_ns'] / 1000:.2f} us, "
-            f"hand-written {figures['baseline_ns'] / 1000:.2f} us, "
-            f"ratio {figures['ratio']:.2f} (median of {figures['repeats']} interleaved repeats)",
+            f"naive.{mode}: pybreaker + tenacity + thread-pool timeout + structlog "
+            f"{figures['naive_ns'] / 1000:.2f} us, engine {figures['engine_ns'] / 1000:.2f} us, "
+            f"speedup {figures['speedup']:.2f}",
             flush=True,
         )
 
-    results["breaker_concurrency"] = batch = concurrency.run(quick=args.quick)
+    for mode, paths in section("degraded", lambda: degraded.run(quick=quick)).items():
+        for path, figures in paths.items():
+            label = f"degraded.{mode}.{path} ({figures['served']} serves, {figures['reason']})"
+            print(_ratio_line(label, figures, "degraded", "happy"), flush=True)
+
+    for size, figures in section("post_steps", lambda: post_steps.run(quick=quick)).items():
+        print(
+            f"post_steps.{size}: boost_cap + exploration over {size} candidates "
+            f"{figures['post_steps_us']:.1f} us per decision, {figures['per_candidate_ns']:.0f} "
+            f"ns per candidate (decision {figures['ratio']:.2f}x the same without them)",
+            flush=True,
+        )
+
+    grown = section("scale", lambda: scale.run(quick=quick))
+    for count in ("10", "100"):
+        label = f"scale.policies.{count} (decision with {count} policies loaded)"
+        print(_ratio_line(label, grown["policies"][count], str(count), "1"), flush=True)
+    tiers = grown["tiers"]
+    print(
+        "scale.tiers: "
+        + ", ".join(
+            f"{n} tiers {tiers[n]['subject_ns'] / 1000:.2f} us" for n in ("5", "10") if n in tiers
+        )
+        + f" (2 tiers {tiers['2']['ns'] / 1000:.2f} us); {tiers['per_tier_ns'] / 1000:.2f} us per "
+        f"tier tried, linearity {tiers['linearity']:.2f}",
+        flush=True,
+    )
+
+    rates = section("throughput", lambda: throughput.run(quick=quick))
+    for mode, figures in rates.items():
+        extra = f", {figures['tasks']} concurrent tasks" if "tasks" in figures else ""
+        print(
+            f"throughput.{mode}: engine {figures['engine_per_s']:,.0f} decisions/s, hand-written "
+            f"{figures['hand_written_per_s']:,.0f}/s (time ratio {figures['ratio']:.2f}){extra}",
+            flush=True,
+        )
+
+    memory_figures = section("memory", lambda: memory.run(quick=quick))
+    for mode in ("sync", "async"):
+        engine, hand = memory_figures[mode]["engine"], memory_figures[mode]["hand_written"]
+        print(
+            f"memory.{mode}: per decision, engine retains {engine['retained_bytes']:,.0f} B "
+            f"(peak {engine['transient_peak_bytes']:,.0f} B), hand-written "
+            f"{hand['retained_bytes']:,.0f} B (peak {hand['transient_peak_bytes']:,.0f} B); "
+            f"leak {engine['leak_bytes_per_decision']:.2f} B per decision",
+            flush=True,
+        )
+    cache = memory_figures["stale_cache"]
+    print(
+        f"memory.stale_cache: {cache['entries']:,} entries (bound {cache['max_entries']:,}): "
+        f"RSS {cache['rss_bytes'] / 2**20:.1f} MiB, {cache['rss_bytes_per_entry']:,.0f} B per "
+        f"entry ({cache['bound_source']})",
+        flush=True,
+    )
+
+    cut = section("cutoff", lambda: overrun.run(quick=quick))
+    for mode in ("async", "async_stress", "sync"):
+        print(_overrun_line(mode, cut[mode]), flush=True)
+
+    batch = section("breaker_concurrency", lambda: concurrency.run(quick=quick))
     print(
         f"breaker_concurrency: {batch['threads']} threads x {batch['block_ms']:g} ms calls: "
         f"plain {batch['plain_ms']:.1f} ms, through one breaker {batch['resilience_ms']:.1f} ms, "
@@ -213,23 +305,23 @@ def main() -> int:
         flush=True,
     )
 
-    results["open_breaker"] = open_breaker.run(quick=args.quick)
-    for mode, figures in results["open_breaker"].items():
-        print(
-            f"open_breaker.{mode}: breaker open ({figures['served']} serves) "
-            f"{figures['subject_ns'] / 1000:.2f} us, "
-            f"happy path {figures['baseline_ns'] / 1000:.2f} us, ratio {figures['ratio']:.2f} "
-            f"(median of {figures['repeats']} interleaved repeats)",
-            flush=True,
-        )
-
-    results["overrun"] = overrun.run(quick=args.quick)
-    for mode in ("async", "async_stress", "sync"):
-        print(_overrun_line(mode, results["overrun"][mode]), flush=True)
-
+    results["targets"] = targets = check_targets(results)
+    for name, verdict in targets.items():
+        print(f"target {name}: {'met' if verdict['met'] else 'MISSED'} ({verdict['detail']})")
+    print(f"suite: {sum(results['seconds'].values()):.0f} s measured")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return 1 if args.check and not all(v["met"] for v in targets.values()) else 0
+
+
+def _ratio_line(label: str, figures: dict[str, Any], subject: str, baseline: str) -> str:
+    return (
+        f"{label}: {subject} {figures['subject_ns'] / 1000:.2f} us, {baseline} "
+        f"{figures['baseline_ns'] / 1000:.2f} us, ratio {figures['ratio']:.2f} "
+        f"(quartiles {figures['ratio_q1']:.2f}-{figures['ratio_q3']:.2f}, "
+        f"{figures['repeats']} interleaved repeats)"
+    )
 
 
 sys.exit(main())

@@ -3,11 +3,12 @@
 The policy is the reference ``policies.yaml`` without its post steps, plus a 10% holdout (as
 the simulator runs it): guards, chain, breakers and the holdout hash all run.
 
-The baseline is what a careful engineer writes by hand for the same job: check the kill switch,
-hash the user into the holdout or not, read the session store and the profile store, blend (the same domain function the tier uses), check the 10 ms
-tier timeout and the 30 ms budget on a monotonic clock, feed the stale cache only on change,
-and build a trace with the same information (policy, config version, served tier, reason,
-one record per step with outcome and microseconds, budget and time used).
+The baseline is what a careful engineer writes by hand for the same job: check the kill
+switch, hash the user into the holdout or not, read the session store and the profile store,
+blend (the same domain function the tier uses), check the 10 ms tier timeout and the 30 ms
+budget on a monotonic clock, feed the stale cache only on change, and build a trace with the
+same information (policy, config version, served tier, reason, holdout group, one record per
+step with outcome, microseconds and note, budget and time used).
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from resilience_plugins.signal_cache import SignalCache
-
-from resilience._holdout import bucket as holdout_bucket
 from resilience_plugins.tiers.session import SessionParams, blend
 
 from resilience import (
@@ -44,6 +43,7 @@ from resilience import (
     Trace,
     load_policies,
 )
+from resilience._holdout import bucket as holdout_bucket
 
 from .interleaved import Comparison, compare
 
@@ -352,9 +352,12 @@ class HandWritten:
         return Decision(signals, request.candidates, trace)
 
 
-def sync_loop(decide: Callable[[RequestContext], Decision]) -> Callable[[int], None]:
+def sync_loop(
+    decide: Callable[[RequestContext], Decision], request: RequestContext = REQUEST
+) -> Callable[[int], None]:
+    """``calls`` decisions of ``request`` in a row."""
+
     def loop(calls: int) -> None:
-        request = REQUEST
         for _ in range(calls):
             decide(request)
 
@@ -364,11 +367,18 @@ def sync_loop(decide: Callable[[RequestContext], Decision]) -> Callable[[int], N
 def async_loop(
     decide: Callable[[RequestContext], Coroutine[Any, Any, Decision]],
     loop: asyncio.AbstractEventLoop,
+    request: RequestContext = REQUEST,
 ) -> Callable[[int], None]:
+    """``calls`` decisions of ``request`` in a row, in one task on ``loop``."""
+
     async def many(calls: int) -> None:
-        request = REQUEST
-        for _ in range(calls):
+        for n in range(calls):
             await decide(request)
+            if n % 64 == 63:
+                # Let the loop run, as a service's would: each decision's cancelled timeout
+                # stays on the loop's timer heap until the loop runs, and a heap grown over a
+                # whole repeat makes every later decision pay for it, on both sides.
+                await asyncio.sleep(0)
 
     def run(calls: int) -> None:
         loop.run_until_complete(many(calls))
@@ -387,10 +397,13 @@ def _unprotected(text: str) -> str:
     return re.sub(r"(?m)^    guards:\n(?:      .*\n)+", "    guards: []\n", text)
 
 
-def policy_text(*, protected: bool = True) -> str:
-    """The happy path's policy: the reference file without post steps, plus the holdout
-    (``protected``), or without sources, guards and holdout (the foundation's measurement)."""
-    text = without_post((ROOT / "policies.yaml").read_text())
+def policy_text(*, protected: bool = True, post: bool = False) -> str:
+    """The happy path's policy: the reference file without post steps (with them: ``post``),
+    plus the holdout (``protected``), or without sources, guards and holdout (the foundation's
+    measurement)."""
+    text = (ROOT / "policies.yaml").read_text()
+    if not post:
+        text = without_post(text)
     if not protected:
         return _unprotected(text)
     holdout = f"    holdout:\n      salt: {HOLDOUT_SALT}\n      percent: {HOLDOUT_PERCENT}\n"

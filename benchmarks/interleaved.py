@@ -20,10 +20,15 @@ class Comparison:
     ratio: float
     repeats: int
     calls: int
+    #: the first and third quartiles of the per-repeat ratios: how much this run's noise moved it
+    ratio_q1: float = 0.0
+    ratio_q3: float = 0.0
 
     def as_dict(self) -> dict[str, float | int]:
         return {
             "ratio": round(self.ratio, 3),
+            "ratio_q1": round(self.ratio_q1, 3),
+            "ratio_q3": round(self.ratio_q3, 3),
             "subject_ns": round(self.subject_ns, 1),
             "baseline_ns": round(self.baseline_ns, 1),
             "repeats": self.repeats,
@@ -67,10 +72,13 @@ def compare(
     finally:
         if enabled:
             gc.enable()
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
     return Comparison(
         subject_ns=statistics.median(subject_times),
         baseline_ns=statistics.median(baseline_times),
         ratio=statistics.median(ratios),
         repeats=repeats,
         calls=calls,
+        ratio_q1=q1,
+        ratio_q3=q3,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from benchmarks import happy_path
@@ -28,18 +30,6 @@ def test_breaker_concurrency_benchmark_reports_all_three_variants() -> None:
     assert results["threads"] == 4
     assert results["repeats"] == 2
     assert results["breaker_state"] == "closed"  # every call succeeded through the breaker
-
-
-def test_open_breaker_benchmark_serves_the_stale_cache() -> None:
-    from benchmarks import open_breaker
-
-    results = open_breaker.run(quick=True, calls=5, repeats=1)
-    assert set(results) == {"sync", "async"}
-    for figures in results.values():
-        assert figures["served"] == "stale_cache"
-        assert figures["ratio"] > 0
-        assert figures["subject_ns"] > 0
-        assert figures["baseline_ns"] > 0
 
 
 def test_overrun_benchmark_counts_outcomes_and_never_raises() -> None:
@@ -113,3 +103,42 @@ def test_the_observability_benchmark_compares_each_configuration_with_off() -> N
     assert results["scrape_ms"]["median"] > 0
     assert results["scrape_ms"]["bytes"] > 0
     assert results["scraped_decisions"] > 0
+
+
+def _suite_figures(*, happy: float, breaker_open: float, q1: float, q3: float) -> dict[str, Any]:
+    return {
+        "happy_path": {"sync": {"ratio": happy}, "async": {"ratio": 1.2}},
+        "degraded": {
+            "sync": {"breaker_open": {"ratio": breaker_open}},
+            "async": {"breaker_open": {"ratio": 0.7}},
+        },
+        "scale": {
+            "policies": {"100": {"ratio": (q1 + q3) / 2, "ratio_q1": q1, "ratio_q3": q3}},
+            "tiers": {"linearity": 1.0},
+        },
+    }
+
+
+def test_the_targets_are_met_by_good_figures_and_missed_by_bad_ones() -> None:
+    from benchmarks.targets import check_targets
+
+    good = check_targets(_suite_figures(happy=1.49, breaker_open=0.8, q1=0.98, q3=1.03))
+    assert all(verdict["met"] for verdict in good.values()), good
+    bad = check_targets(_suite_figures(happy=1.51, breaker_open=1.02, q1=1.09, q3=1.12))
+    missed = {name for name, verdict in bad.items() if not verdict["met"]}
+    assert missed == {
+        "happy_path.sync.ratio <= 1.5",
+        "degraded.sync.breaker_open.ratio < 1",
+        "scale.policies.100 flat",
+    }
+
+
+def test_the_profile_shows_where_a_decision_spends_its_time() -> None:
+    from benchmarks.profile import profile
+
+    tree = profile(asynchronous=False, post=50, calls=200, baseline=False)
+    assert "Engine.decide" in tree
+    assert "BoostCapStep.apply" in tree  # the post steps ran, and the profile saw them
+    baseline = profile(asynchronous=True, post=0, calls=200, baseline=True)
+    assert "HandWritten.adecide" in baseline
+    assert "Engine" not in baseline

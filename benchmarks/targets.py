@@ -1,0 +1,45 @@
+"""The performance suite's targets (issue 10), judged on one run's figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["FLAT_TOLERANCE", "HAPPY_PATH_LIMIT", "check_targets"]
+
+#: The happy path's ratio to hand-written code may not exceed this, sync or async.
+HAPPY_PATH_LIMIT = 1.5
+
+#: How far from 1.0 the policy-count ratio may be for "unchanged within noise" when its
+#: quartiles do not straddle 1.0 themselves.
+FLAT_TOLERANCE = 0.05
+
+
+def check_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's targets, judged on one run's figures."""
+    happy = results["happy_path"]
+    targets: dict[str, dict[str, Any]] = {}
+    for mode in ("sync", "async"):
+        ratio = happy[mode]["ratio"]
+        targets[f"happy_path.{mode}.ratio <= {HAPPY_PATH_LIMIT}"] = {
+            "met": ratio <= HAPPY_PATH_LIMIT,
+            "detail": f"{ratio:.2f}",
+        }
+    for mode in ("sync", "async"):
+        ratio = results["degraded"][mode]["breaker_open"]["ratio"]
+        targets[f"degraded.{mode}.breaker_open.ratio < 1"] = {
+            "met": ratio < 1.0,
+            "detail": f"{ratio:.2f}",
+        }
+    hundred = results["scale"]["policies"]["100"]
+    low, high = hundred["ratio_q1"], hundred["ratio_q3"]
+    targets["scale.policies.100 flat"] = {
+        "met": low - FLAT_TOLERANCE <= 1.0 <= high + FLAT_TOLERANCE,
+        "detail": f"ratio {hundred['ratio']:.3f}, quartiles {low:.3f}-{high:.3f}, "
+        f"tolerance {FLAT_TOLERANCE}",
+    }
+    linearity = results["scale"]["tiers"]["linearity"]
+    targets["scale.tiers at most linear"] = {
+        "met": linearity >= 0.9,
+        "detail": f"linearity {linearity:.2f} (10 tiers predicted from 2 and 5, over measured)",
+    }
+    return targets
