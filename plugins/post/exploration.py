@@ -29,7 +29,9 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
+from itertools import compress, repeat
+from operator import mul, ne
+from typing import Literal, cast
 
 from pydantic import Field
 
@@ -101,12 +103,7 @@ def explore(
     """The list with its exploration slots filled. Pure: the same candidates and request id
     give the same list, whenever it is replayed (ages count from the newest candidate)."""
     ranked = list(candidates)
-    times = [
-        c.published_at
-        for c in ranked
-        if isinstance(c.published_at, int | float) and math.isfinite(c.published_at)
-    ]
-    now = max(times) if times else 0.0
+    published, timed, now = _publication_times(ranked)
     k = min(params.k, len(ranked))
     top, pool = ranked[:k], ranked[k:]
     n = slot_count(params.share, params.k, len(pool)) if k == params.k else 0
@@ -117,50 +114,160 @@ def explore(
     # The categories and ids the list shows anyway: the ranked items that stay in the top k.
     shown = {c.category for c in top[: k - n]}
     shown_ids = {c.item_id for c in top[: k - n]}
-    half_life = params.half_life
-    novelty = params.novelty
-
-    def recency(candidate: Candidate) -> float:
-        published = candidate.published_at
-        if half_life is None or not (
-            isinstance(published, int | float) and math.isfinite(published)
-        ):
-            return 1.0
-        return float(0.5 ** (max(now - published, 0.0) / half_life))
-
-    # An item whose id the list already shows is never drawn: exploration adds no duplicates.
-    # Recency is worked out once; only the novelty part changes from one slot to the next.
-    drawable = [(c, c.category, recency(c)) for c in pool if c.item_id not in shown_ids]
-    drawn: set[int] = set()  # the candidate objects drawn
-    picks: list[Candidate] = []
-    for _ in slots:
-        if not drawable:
-            break
-        weights = [
-            (1.0 + novelty if category not in shown else 1.0) * rec for _, category, rec in drawable
-        ]
-        total = sum(weights)
-        if not (total > 0 and math.isfinite(total)):  # every weight underflowed: draw evenly
-            weights = [1.0] * len(drawable)
-            total = float(len(drawable))
-        point = rng.random() * total
-        index = 0
-        last = len(weights) - 1
-        while index < last and point >= weights[index]:
-            point -= weights[index]
-            index += 1
-        chosen = drawable[index][0]
-        drawn.add(id(chosen))
-        shown.add(chosen.category)
-        picks.append(replace(chosen, propensity=weights[index] / total))
-        # An id drawn once is not drawn again (the input may repeat ids).
-        drawable = [entry for entry in drawable if entry[0].item_id != chosen.item_id]
+    # What may be drawn, as parallel lists (``where``: the position in the pool). An item whose
+    # id the list already shows is never drawn: exploration adds no duplicates.
+    where = list(range(len(pool)))
+    ids = [c.item_id for c in pool]
+    categories = [c.category for c in pool]
+    times, pool_timed = published[k:], None if timed is None else timed[k:]
+    for i in reversed(list(compress(where, map(shown_ids.__contains__, ids)))):  # seldom any
+        del where[i], ids[i], categories[i], times[i]
+        if pool_timed is not None:
+            del pool_timed[i]
+    recencies = _recencies(times, pool_timed, now, params.half_life)
+    picks, rest = _draw(
+        rng, len(slots), pool, where, ids, categories, recencies, shown, params.novelty
+    )
     # The picks go into their slots; the ranked items fill the other slots in their order, and
     # the last few of the top k, pushed out, lead the rest of the pool.
     kept = iter(top)
     placed = dict(zip(slots, picks, strict=False))
     head = [placed[i] if i in placed else next(kept) for i in range(k)]
-    return head + list(kept) + [c for c in pool if id(c) not in drawn]
+    return head + list(kept) + rest
+
+
+def _is_time(published: object) -> bool:
+    """Whether a publication time counts: a finite number."""
+    return isinstance(published, int | float) and math.isfinite(published)
+
+
+def _publication_times(
+    ranked: list[Candidate],
+) -> tuple[list[float | None], list[bool] | None, float]:
+    """Each candidate's ``published_at``; which of them are times (``None``: all are); and the
+    newest time (0.0 without any), from which ages count."""
+    published = [c.published_at for c in ranked]
+    # This runs over every candidate of every decision. The usual list, all finite floats, is
+    # recognized by two passes in C: the types, and the sum (finite only if every term is; an
+    # overflow merely takes the slow path).
+    if set(map(type, published)) == {float}:
+        floats = cast(list[float], published)
+        if math.isfinite(sum(floats)):
+            return published, None, max(floats)
+    # Otherwise a finite float is still told inline (``p - p`` is ``0.0`` for it, ``nan`` for
+    # an infinity or a ``nan``), and anything else but ``None`` goes through ``_is_time``.
+    timed = [p - p == 0.0 if type(p) is float else p is not None and _is_time(p) for p in published]
+    return published, timed, max(compress(cast(list[float], published), timed), default=0.0)
+
+
+def _recencies(
+    times: list[float | None], timed: list[bool] | None, now: float, half_life: float | None
+) -> list[float]:
+    """Each item's recency: ``0.5 ** (age / half_life)``, or 1 without a time or a half life.
+
+    The rule was ``float(0.5 ** (max(now - t, 0.0) / half_life))``. But ``now`` is the newest
+    of the times, so no age is negative and ``max`` changes nothing (a subtraction rounds
+    monotonically: ``now >= t`` gives ``now - t >= 0``, ``+0.0`` if equal, for ints and floats
+    alike), and ``0.5`` to a float power is a float: both calls are left out.
+    """
+    if half_life is None:
+        return [1.0] * len(times)
+    if timed is None:
+        return [0.5 ** ((now - t) / half_life) for t in cast(list[float], times)]
+    return [
+        0.5 ** ((now - t) / half_life) if has_time else 1.0  # type: ignore[operator]
+        for t, has_time in zip(times, timed, strict=True)
+    ]
+
+
+def _draw(
+    rng: random.Random,
+    slots: int,
+    pool: list[Candidate],
+    where: list[int],
+    ids: list[str],
+    categories: list[str | None],
+    recencies: list[float],
+    shown: set[str | None],
+    novelty: float,
+) -> tuple[list[Candidate], list[Candidate]]:
+    """The picks for up to ``slots`` slots, in order, each with its propensity; and the pool
+    without the candidates drawn. The drawable items come as parallel lists (``where``: each
+    one's position in the pool), which the draws consume.
+    """
+    boost = 1.0 + novelty
+    # An item's weight: ``(1 + novelty if its category is not shown else 1) * recency``. The
+    # novelty test is made once per distinct category rather than per item, and the products
+    # in C. The weights are then kept from one slot to the next: a draw changes only those of
+    # the category it shows, and takes out the items of the id drawn (rather than working out
+    # every weight, and a new list, for every slot).
+    factors = {c: boost if c not in shown else 1.0 for c in set(categories)}
+    weights = list(map(mul, map(factors.__getitem__, categories), recencies))
+    # With ids all plain strings, ``==`` (which ``list.index`` uses, in C) is ``not !=``.
+    plain_ids = set(map(type, ids)) <= {str}
+    picks: list[Candidate] = []
+    drawn: list[Candidate] = []
+    drawn_at: list[int] = []  # the pool positions of the objects drawn (with plain ids)
+    for _ in range(slots):
+        if not where:
+            break
+        drawing, total = weights, sum(weights)
+        if not (total > 0 and math.isfinite(total)):  # every weight underflowed: draw evenly
+            drawing = [1.0] * len(where)
+            total = float(len(where))
+        index = _walk(drawing, rng.random() * total)
+        chosen = pool[where[index]]
+        drawn.append(chosen)
+        picks.append(replace(chosen, propensity=drawing[index] / total))
+        last_draw = len(picks) == slots  # then no weight is read again
+        category = chosen.category
+        if category not in shown and not last_draw:
+            shown.add(category)
+            # Its items lose their novelty: they are ``in shown`` now, by the same test.
+            for i in compress(range(len(categories)), map({category}.__contains__, categories)):
+                weights[i] = 1.0 * recencies[i]
+        # An id drawn once is not drawn again (the input may repeat ids).
+        if plain_ids:
+            gone = _positions(ids, chosen.item_id)
+            # Every occurrence of the object drawn is among them: were one left out before,
+            # its id, the same, would have left too.
+            drawn_at.extend(where[i] for i in gone if pool[where[i]] is chosen)
+        else:
+            differs = map(ne, ids, repeat(chosen.item_id))
+            gone = [i for i, other in enumerate(differs) if not other]
+        for i in reversed(gone):
+            del where[i], ids[i], categories[i], recencies[i], weights[i]
+    if plain_ids:
+        rest = list(pool)
+        for i in sorted(drawn_at, reverse=True):
+            del rest[i]
+        return picks, rest
+    # Any id: the objects drawn leave the pool wherever they are, as they always did.
+    gone_objects = {id(c) for c in drawn}
+    return picks, [c for c in pool if id(c) not in gone_objects]
+
+
+def _walk(weights: list[float], point: float) -> int:
+    """The index ``point`` falls on, walking the weights in order (the last if it runs out)."""
+    index = 0
+    last = len(weights) - 1
+    while index < last and point >= weights[index]:
+        point -= weights[index]
+        index += 1
+    return index
+
+
+def _positions(ids: list[str], item_id: str) -> list[int]:
+    """Where ``item_id`` is in ``ids``, in order, found by ``list.index`` (in C)."""
+    found: list[int] = []
+    start = 0
+    while True:
+        try:
+            start = ids.index(item_id, start)
+        except ValueError:
+            return found
+        found.append(start)
+        start += 1
 
 
 class ExplorationStep(PostStep):
