@@ -995,7 +995,11 @@ class Engine:
             elapsed = int((t1 - t0) * 1e6 + 0.5)
             if t1 > deadline:
                 records.append(StepRecord(step.step_id, _TIMEOUT, elapsed, "result discarded"))
-            elif type(result) not in (list, tuple) or not all(type(c) is Candidate for c in result):
+            elif (
+                type(result) not in (list, tuple)
+                # every item exactly a Candidate, counted in C: twice as fast as a generator
+                or list(map(type, result)).count(Candidate) != len(result)
+            ):
                 records.append(
                     StepRecord(step.step_id, _GARBAGE, elapsed, f"returned {type(result).__name__}")
                 )
