@@ -4,8 +4,8 @@ The subject is the happy path's engine with the reference file's post steps (``b
 with cap 0.5, then ``exploration`` with share 0.15 of the top 10); the baseline is the same
 engine without them, in the same run, interleaved (``compare``). The session tier serves in
 both, so the post steps see personalized signals and re-rank every time. The candidates are a
-query of the synthetic population's catalog (categories and publication times, which
-exploration reads), the same tuple for both sides.
+query of a synthetic catalog of 1,000 items (distinct ids, categories and publication times,
+which exploration reads), the same tuple for both sides.
 
 Per size: the ratio, both absolute figures, ``post_steps_us`` (the difference: what the two
 steps cost per decision) and ``per_candidate_ns`` (that difference over the candidate count).
@@ -31,10 +31,9 @@ SIZES = (50, 500)
 
 def request_with(size: int) -> RequestContext:
     """The happy path's request with ``size`` candidates from the synthetic catalog."""
-    world = Population(3)
-    rng = random.Random(4)
-    pool = [c for _ in range(size // 50 + 1) for c in world.query(rng)]
-    candidates = tuple(sorted(pool[:size], key=lambda c: -c.score))
+    world = Population(3, items=2 * max(SIZES))  # distinct items: no duplicate ids on a page
+    candidates = world.query(random.Random(4), size)
+    assert len({c.item_id for c in candidates}) == size
     return dataclasses.replace(REQUEST, candidates=candidates)
 
 
