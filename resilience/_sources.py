@@ -431,14 +431,14 @@ def _guarded_async(
         if ticket is None:
             raise BreakerOpen(name)
         t0 = now()
-        # The step's deadline (set by the engine), read now: the loop's clock is read only
-        # when there is none (a source called outside a step).
+        # When a cancel counts as a cut: this call's own deadline, or the step's if earlier. A
+        # caller may cut before the step's deadline (the session tier cuts its profile read at
+        # profile_timeout): judged by the step's deadline alone, that cut looked like the
+        # caller's cancel, and a hanging store never tripped its breaker.
+        cut_at = asyncio.get_running_loop().time() + timeout
         step_deadline = STEP_DEADLINE.get()
-        cut_at = (
-            step_deadline
-            if step_deadline is not None
-            else asyncio.get_running_loop().time() + timeout
-        )
+        if step_deadline is not None and step_deadline < cut_at:
+            cut_at = step_deadline
         try:
             # a coroutine function of the key alone is awaited without its adapter's frame
             value = await (keyed(key) if keyed is not None else attempts(key, timeout))
@@ -446,8 +446,7 @@ def _guarded_async(
                 _check(value, expect, name)  # raises GarbageData
         except asyncio.CancelledError:
             # Cut at a deadline: a timeout. Cancelled earlier by the caller: no news. Judged on
-            # the loop's clock, which asyncio's deadlines run on, against the step's deadline
-            # (set by the engine) or else this call's own.
+            # the loop's clock, which asyncio's deadlines run on.
             if asyncio.get_running_loop().time() >= cut_at - _DEADLINE_SLACK:
                 breaker.record(ticket, failed=True, slow=True)
             else:

@@ -330,3 +330,47 @@ def test_a_timed_out_attempt_is_retried_on_the_real_clock() -> None:
         decision = asyncio.run(engine.adecide(USER))
     assert calls == 2
     assert decision.trace.served == "profile_only"
+
+
+def test_a_hanging_profile_cut_by_the_session_tier_opens_the_profile_breaker() -> None:
+    """The session tier cuts its profile read at profile_timeout, before the step's deadline:
+    that cut is a timeout for the profile store's breaker, not the caller's cancel."""
+    import time
+
+    from resilience import Click, MemorySource, SessionState
+
+    sessions = MemorySource(
+        {"s": SessionState((Click("i1", "shoes", time.time() - 5),), time.time() - 1)}
+    )
+
+    async def session_store(key: str) -> Any:
+        return sessions(key)
+
+    async def hanging_profiles(key: str) -> Any:
+        await asyncio.sleep(10)
+
+    text = f"""
+version: 1
+default_policy: p
+sources:
+  profile_store:
+{BREAKER.rstrip()}
+policies:
+  p:
+    chain:
+      - {{type: session, timeout: 20ms, profile_timeout: 2ms, source: session_store,
+          profile_source: profile_store}}
+      - unpersonalized
+"""
+    request = RequestContext(user_id="u", session_id="s")
+    with real_engine(
+        text, {"session_store": session_store, "profile_store": hanging_profiles}
+    ) as engine:
+
+        async def decide_four() -> list[str]:
+            return [(await engine.adecide(request)).trace.served for _ in range(4)]
+
+        served = asyncio.run(decide_four())
+        snapshot = engine.breaker("profile_store").snapshot()
+    assert served == ["session"] * 4  # the session's own signals still serve
+    assert (snapshot.state, snapshot.calls, snapshot.failure_rate) == ("open", 4, 1.0)
