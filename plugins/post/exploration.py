@@ -167,15 +167,16 @@ def _recencies(
 
     The rule was ``float(0.5 ** (max(now - t, 0.0) / half_life))``. But ``now`` is the newest
     of the times, so no age is negative and ``max`` changes nothing (a subtraction rounds
-    monotonically: ``now >= t`` gives ``now - t >= 0``, ``+0.0`` if equal, for ints and floats
-    alike), and ``0.5`` to a float power is a float: both calls are left out.
+    monotonically: ``now >= t`` gives ``now - t >= 0``, for ints and floats alike). On the fast
+    path every time is an exact ``float``, and ``0.5`` to a float power is a float: ``float()``
+    is left out there only; a float subclass (``numpy.float64``) could return its own type.
     """
     if half_life is None:
         return [1.0] * len(times)
     if timed is None:
         return [0.5 ** ((now - t) / half_life) for t in cast(list[float], times)]
     return [
-        0.5 ** ((now - t) / half_life) if has_time else 1.0  # type: ignore[operator]
+        float(0.5 ** ((now - t) / half_life)) if has_time else 1.0  # type: ignore[operator]
         for t, has_time in zip(times, timed, strict=True)
     ]
 
