@@ -17,7 +17,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +170,25 @@ class HandRateWindow:
 class HandWritten:
     """The reference: the same work, written out for this one policy."""
 
-    def __init__(self, version: str, *, protected: bool = True) -> None:
+    def __init__(
+        self,
+        version: str,
+        *,
+        protected: bool = True,
+        budget: float = 0.030,
+        timeout: float = 0.010,
+        profile_timeout: float = 0.005,
+        slow_call_duration: float = 0.008,
+        async_sessions: Callable[[str], Awaitable[SessionState | None]] | None = None,
+        async_profiles: Callable[[str], Awaitable[Affinities | None]] | None = None,
+    ) -> None:
         self.version = version
+        # The reference policy's limits, and the async stores adecide awaits (the throughput
+        # benchmark gives stores that yield to the loop, and limits that suit 1,000 tasks).
+        self.budget, self.timeout = budget, timeout
+        self.profile_timeout, self.slow_call_duration = profile_timeout, slow_call_duration
+        self.async_sessions = async_sessions or _async_sessions
+        self.async_profiles = async_profiles or _async_profiles
         #: the kill switch, read on every request ("search" -> False switches it off)
         self.switches: dict[str, bool] = {}
         self.notes: dict[float, str] = {}
@@ -187,7 +204,7 @@ class HandWritten:
     def decide(self, request: RequestContext) -> Decision:
         now = time.perf_counter
         start = now()
-        budget = 0.030
+        budget = self.budget
         if request.time_left is not None and request.time_left < budget:
             budget = max(request.time_left, 0.0)
         deadline = start + budget
@@ -204,7 +221,7 @@ class HandWritten:
             allowed = allowed and self.guard.allowed(g0)  # the error-rate guard
             records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
         t0 = now()
-        timeout = min(0.010, deadline - t0)
+        timeout = min(self.timeout, deadline - t0)
         outcome, detail = Outcome.MISS, ""
         try:
             session_id = request.session_id
@@ -213,12 +230,14 @@ class HandWritten:
                 state = SESSIONS(session_id)
                 if state is not None and self.protected:
                     elapsed = now() - t0
-                    self.session_breaker.record(elapsed > timeout, elapsed > 0.008, t0)
+                    self.session_breaker.record(
+                        elapsed > timeout, elapsed > self.slow_call_duration, t0
+                    )
             if type(state) is SessionState and state.clicks:
                 profile = None
                 if request.user_id and (not self.protected or self.profile_breaker.allowed(t0)):
                     started = now()
-                    wait = min(0.005, timeout - (started - t0))
+                    wait = min(self.profile_timeout, timeout - (started - t0))
                     if wait > 0.0:
                         try:
                             profile = PROFILES(request.user_id)
@@ -242,7 +261,7 @@ class HandWritten:
     async def adecide(self, request: RequestContext) -> Decision:
         now = time.perf_counter
         start = now()
-        budget = 0.030
+        budget = self.budget
         if request.time_left is not None and request.time_left < budget:
             budget = max(request.time_left, 0.0)
         deadline = start + budget
@@ -258,7 +277,7 @@ class HandWritten:
             allowed = allowed and self.guard.allowed(g0)
             records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
         t0 = now()
-        timeout = min(0.010, deadline - t0)
+        timeout = min(self.timeout, deadline - t0)
         outcome, detail = Outcome.MISS, ""
         try:
             async with asyncio.timeout(timeout):
@@ -269,19 +288,21 @@ class HandWritten:
                     and allowed
                     and (not self.protected or self.session_breaker.allowed(t0))
                 ):
-                    state = await _async_sessions(session_id)
+                    state = await self.async_sessions(session_id)
                     if state is not None and self.protected:
                         elapsed = now() - t0
-                        self.session_breaker.record(elapsed > timeout, elapsed > 0.008, t0)
+                        self.session_breaker.record(
+                            elapsed > timeout, elapsed > self.slow_call_duration, t0
+                        )
                 if type(state) is SessionState and state.clicks:
                     profile = None
                     if request.user_id and (not self.protected or self.profile_breaker.allowed(t0)):
                         started = now()
-                        wait = min(0.005, timeout - (started - t0))
+                        wait = min(self.profile_timeout, timeout - (started - t0))
                         if wait > 0.0:
                             try:
                                 async with asyncio.timeout(wait):
-                                    profile = await _async_profiles(request.user_id)
+                                    profile = await self.async_profiles(request.user_id)
                             except Exception:
                                 profile = None
                             took = now() - started

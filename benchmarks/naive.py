@@ -34,8 +34,6 @@ from typing import TextIO
 
 import pybreaker
 import structlog
-from resilience_plugins.signal_cache import SignalCache
-from resilience_plugins.tiers.session import SessionParams, blend
 from tenacity import AsyncRetrying, Retrying, stop_after_attempt
 
 from resilience import (
@@ -61,7 +59,7 @@ from .happy_path import (
     PROFILES,
     REQUEST,
     SESSIONS,
-    HandRateWindow,
+    HandWritten,
     async_loop,
     async_sources,
     policy_text,
@@ -86,8 +84,12 @@ async def _async_profiles(key: str) -> Affinities | None:
     return PROFILES(key)
 
 
-class Naive:
+class Naive(HandWritten):
     """The happy path's session tier built from pybreaker, tenacity, a thread pool and structlog.
+
+    The domain work (the blend, the signals, the stale-cache feed) and the kill switch, holdout
+    and error-rate window are the hand-written baseline's (no chosen library has an error-rate
+    window); the store reads and the logging are the libraries'.
 
     Args:
         version: the engine's config version, shown in the trace as the engine shows it.
@@ -95,18 +97,11 @@ class Naive:
     """
 
     def __init__(self, version: str, log_file: TextIO) -> None:
-        self.version = version
-        self.switches: dict[str, bool] = {}  # the kill switch
-        self.params = SessionParams()
-        self.notes: dict[float, str] = {}
-        self.cache = SignalCache()
-        self.cache.ensure_capacity(100_000)
-        self.cache.ensure_ttl(300.0)
-        self.guard = HandRateWindow()  # no chosen library has an error-rate window
-        self.session_breaker = pybreaker.CircuitBreaker(
+        super().__init__(version)
+        self.session_cb = pybreaker.CircuitBreaker(
             fail_max=5, reset_timeout=5, name="session_store"
         )
-        self.profile_breaker = pybreaker.CircuitBreaker(
+        self.profile_cb = pybreaker.CircuitBreaker(
             fail_max=5, reset_timeout=5, name="profile_store"
         )
         self.session_retry = Retrying(stop=stop_after_attempt(2), reraise=True)
@@ -157,7 +152,7 @@ class Naive:
             state: object = None
             if session_id and allowed:
                 state = self._read(
-                    self.session_breaker, self.session_retry, SESSIONS, session_id, tier_deadline
+                    self.session_cb, self.session_retry, SESSIONS, session_id, tier_deadline
                 )
             if type(state) is SessionState and state.clicks:
                 profile: object = None
@@ -165,7 +160,7 @@ class Naive:
                     wait_until = min(now() + PROFILE_TIMEOUT, tier_deadline)
                     try:
                         profile = self._read(
-                            self.profile_breaker,
+                            self.profile_cb,
                             self.profile_retry,
                             PROFILES,
                             request.user_id,
@@ -222,7 +217,7 @@ class Naive:
             state: object = None
             if session_id and allowed:
                 state = await self._aread(
-                    self.session_breaker,
+                    self.session_cb,
                     self.session_aretry,
                     _async_sessions,
                     session_id,
@@ -234,7 +229,7 @@ class Naive:
                     wait_until = min(now() + PROFILE_TIMEOUT, tier_deadline)
                     try:
                         profile = await self._aread(
-                            self.profile_breaker,
+                            self.profile_cb,
                             self.profile_aretry,
                             _async_profiles,
                             request.user_id,
@@ -275,25 +270,6 @@ class Naive:
             elapsed_us=record.elapsed_us,
         )
         return allowed, record
-
-    def _signals(
-        self, session_id: str, state: SessionState, profile: object, t0: float, timeout: float
-    ) -> Signals:
-        usable = profile if type(profile) is Affinities else None
-        wall = time.time()
-        categories, items, weight = blend(state, usable, self.params, wall)
-        sources = (
-            ("session_store", "profile_store")
-            if usable is not None and weight < 1.0
-            else ("session_store",)
-        )
-        note = self.notes.get(weight)
-        if note is None:
-            note = self.notes[weight] = f"w={weight:.2f}"
-        signals = Signals(categories, items, "session", sources, weight, state.event_time, note)
-        if time.perf_counter() - t0 <= timeout:
-            self.cache.remember(session_id, signals, wall)
-        return signals
 
     def _finish(
         self,

@@ -7,11 +7,11 @@ stores, interleaved (``compare``).
 ``async_concurrent``: ``tasks`` asyncio tasks (1,000) started together on one event loop, each
 making ``per_task`` decisions in sequence. The session and profile stores are the happy path's
 in-memory ones wrapped in coroutines that ``await asyncio.sleep(0)`` before answering, so every
-read really yields and the tasks interleave as they would on a network client. The baseline,
-:class:`YieldingHandWritten`, is the hand-written async decision of the happy path (kill switch,
-holdout, error-rate window, a breaker per store, ``asyncio.timeout`` around the tier and its
-own cutoff around the profile read, the same ``blend``, the stale cache fed on change, a trace)
-awaiting the same yielding stores. Every decision is checked to be served by ``session`` with
+read really yields and the tasks interleave as they would on a network client. The baseline is
+the happy path's hand-written async decision (``HandWritten``: kill switch, holdout, error-rate
+window, a breaker per store, ``asyncio.timeout`` around the tier and its own cutoff around the
+profile read, the same ``blend``, the stale cache fed on change, a trace) given the same
+yielding stores and the same limits. Every decision is checked to be served by ``session`` with
 signals (``failed`` counts the others, and must be 0).
 
 One loop serving 1,000 decisions at once queues each of them behind the others' work: a
@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import re
 import statistics
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,21 +45,15 @@ from resilience import (
     Affinities,
     Decision,
     Engine,
-    GarbageData,
     NullSink,
     Outcome,
     RequestContext,
     SessionState,
-    Signals,
     SourceFunction,
-    StepRecord,
     load_policies,
 )
-from resilience._holdout import bucket as holdout_bucket
 
 from .happy_path import (
-    HOLDOUT_PERCENT,
-    HOLDOUT_SALT,
     PROFILES,
     REQUEST,
     SESSIONS,
@@ -71,7 +64,7 @@ from .happy_path import (
 )
 from .interleaved import compare
 
-__all__ = ["CONCURRENT_LIMITS", "YieldingHandWritten", "run"]
+__all__ = ["CONCURRENT_LIMITS", "run"]
 
 #: The limits both sides get under 1,000 concurrent tasks (seconds); see the module docstring.
 CONCURRENT_LIMITS: dict[str, float] = {
@@ -122,88 +115,6 @@ def concurrent_policy_text() -> str:
     )
     assert (budgets, timeouts, slows) == (1, 1, 1), "the reference policy changed shape"
     return text
-
-
-class YieldingHandWritten(HandWritten):
-    """``HandWritten.adecide`` over the yielding stores, with the limits given.
-
-    The same code as the happy path's hand-written async decision; only the stores it awaits
-    and its four limits differ.
-    """
-
-    def __init__(
-        self,
-        version: str,
-        *,
-        budget: float,
-        timeout: float,
-        profile_timeout: float,
-        slow_call_duration: float,
-    ) -> None:
-        super().__init__(version)
-        self.budget = budget
-        self.timeout = timeout
-        self.profile_timeout = profile_timeout
-        self.slow_call_duration = slow_call_duration
-
-    async def adecide(self, request: RequestContext) -> Decision:
-        now = time.perf_counter
-        start = now()
-        budget = self.budget
-        if request.time_left is not None and request.time_left < budget:
-            budget = max(request.time_left, 0.0)
-        deadline = start + budget
-        records: list[StepRecord] = []
-        signals: Signals | None = None
-        allowed = self.switches.get("search", True)
-        if request.user_id:
-            allowed = allowed and (
-                holdout_bucket(HOLDOUT_SALT, request.user_id) >= HOLDOUT_PERCENT * 100
-            )
-        g0 = now()
-        allowed = allowed and self.guard.allowed(g0)
-        records.append(StepRecord("error_rate", Outcome.OK, int((now() - g0) * 1e6 + 0.5)))
-        t0 = now()
-        timeout = min(self.timeout, deadline - t0)
-        outcome, detail = Outcome.MISS, ""
-        try:
-            async with asyncio.timeout(timeout):
-                session_id = request.session_id
-                state = None
-                if session_id and allowed and self.session_breaker.allowed(t0):
-                    state = await yielding_sessions(session_id)
-                    if state is not None:
-                        elapsed = now() - t0
-                        self.session_breaker.record(
-                            elapsed > timeout, elapsed > self.slow_call_duration, t0
-                        )
-                if type(state) is SessionState and state.clicks:
-                    profile = None
-                    if request.user_id and self.profile_breaker.allowed(t0):
-                        started = now()
-                        wait = min(self.profile_timeout, timeout - (started - t0))
-                        if wait > 0.0:
-                            try:
-                                async with asyncio.timeout(wait):
-                                    profile = await yielding_profiles(request.user_id)
-                            except Exception:
-                                profile = None
-                            took = now() - started
-                            if profile is not None:
-                                self.profile_breaker.record(took > wait, took > wait, started)
-                            if took > wait:
-                                profile = None
-                    signals = self._signals(session_id or "", state, profile, t0, timeout)
-                    outcome = Outcome.OK
-        except TimeoutError:
-            outcome, detail = Outcome.TIMEOUT, "cancelled at deadline"
-        except GarbageData as exc:
-            outcome, detail = Outcome.GARBAGE, str(exc)
-        except Exception as exc:
-            outcome, detail = Outcome.ERROR, type(exc).__name__
-        return self._finish(
-            request, start, deadline, t0, timeout, outcome, detail, signals, records
-        )
 
 
 def _served(decision: Decision) -> bool:
@@ -315,7 +226,12 @@ def _measure_async(tasks: int, per_task: int, repeats: int) -> dict[str, Any]:
                 load_policies(policy_text()), yielding_sources(), events=NullSink(), seed=1
             ) as strict,
         ):
-            reference = YieldingHandWritten(engine.config_version(), **CONCURRENT_LIMITS)
+            reference = HandWritten(
+                engine.config_version(),
+                async_sessions=yielding_sessions,
+                async_profiles=yielding_profiles,
+                **CONCURRENT_LIMITS,
+            )
             check = loop.run_until_complete(engine.adecide(REQUEST))
             assert _served(check), check.trace
             assert check.signals == loop.run_until_complete(reference.adecide(REQUEST)).signals
