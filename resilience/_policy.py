@@ -16,7 +16,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from pathlib import Path as FilePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,7 +30,7 @@ from ._plugins import PluginHost, StepType
 from ._sources import SourceOptions
 from ._stats import MetricsSettings
 from ._steps import StepKind, StepParams, TierParams, source_fields
-from ._yaml import Located, Path, format_path, read_yaml
+from ._yaml import Located, Path, format_path, read_limited, read_yaml
 from .events import POLICY_LOADED, EventSink, NullSink
 
 __all__ = [
@@ -321,7 +320,7 @@ def read_policy_file(path: str | os.PathLike[str]) -> bytes:
     """
     name = os.fspath(path)
     try:
-        return FilePath(name).read_bytes()
+        return read_limited(name)
     except OSError as exc:
         raise PolicyValidationError([unreadable(name, exc)]) from exc
 

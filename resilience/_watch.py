@@ -79,6 +79,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from ._fork import follow_forks, forget_forks
+from ._yaml import read_limited
 
 __all__ = ["FileWatch"]
 
@@ -425,8 +426,7 @@ class FileWatch:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
+    return read_limited(path)  # a file over the size limit is refused whole: no need for more
 
 
 def _healthy(observer: BaseObserver) -> bool:

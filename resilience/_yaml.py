@@ -27,7 +27,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ._errors import PolicyIssue
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Located", "Path", "read_yaml"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_NODES",
+    "Located",
+    "Path",
+    "read_limited",
+    "read_yaml",
+]
 
 #: Largest policy file accepted, in bytes.
 MAX_FILE_BYTES = 1_000_000
@@ -175,7 +183,11 @@ class _Builder:
             value = self._constructor.construct_object(node, deep=True)
         except (ValueError, yaml.YAMLError) as exc:  # e.g. an int of more than 4,300 digits
             self.reported.add(path)
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if node.tag == f"{_CORE}int":  # Python's own message would advise a sys call
+                digits = sum(ch.isdigit() for ch in str(node.value))
+                reason = f"an integer of {digits} digits is too large"
+            else:
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             self.issue(
                 node, path, f"value cannot be read: {reason}", "write a smaller or plainer value"
             )
@@ -185,6 +197,18 @@ class _Builder:
             self.issue(node, path, f"{node.value!r} is not a finite number", "use a finite value")
             return None
         return value
+
+
+def read_limited(path: str) -> bytes:
+    """The bytes of the file at ``path``, at most ``MAX_FILE_BYTES + 1`` of them: enough for
+    :func:`read_yaml` to tell that it is over the limit, without reading a huge file (or an
+    endless one, such as ``/dev/zero``) into memory.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as handle:
+        return handle.read(MAX_FILE_BYTES + 1)
 
 
 def read_yaml(
@@ -203,7 +227,7 @@ def read_yaml(
                 0,
                 0,
                 "",
-                f"file is {size} bytes, over the limit of {MAX_FILE_BYTES}",
+                f"file is larger than the limit of {MAX_FILE_BYTES} bytes",
                 "split the policies or remove unused content",
             )
         ]
