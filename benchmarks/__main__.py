@@ -1,7 +1,8 @@
 """Usage: ``python -m benchmarks [SUITE] [--quick] [--json PATH] [--check]``.
 
-SUITE: ``speed`` (the default), ``faults``, ``fleet``, ``flags``, ``ranking`` or
-``observability``; ``python -m benchmarks profile --help``: a pyinstrument profile of a decision.
+SUITE: ``speed`` (the default), ``faults``, ``fleet``, ``flags``, ``ranking``,
+``observability`` or ``hostile`` (how long each hostile policy file takes to be refused);
+``python -m benchmarks profile --help``: a pyinstrument profile of a decision.
 
 Without a suite name: the performance suite of docs/performance.md, every figure a ratio of
 interleaved runs against a baseline measured in the same run: the happy path against
@@ -30,6 +31,7 @@ from . import (
     flag_propagation,
     fleet,
     happy_path,
+    hostile,
     memory,
     naive,
     observability,
@@ -137,7 +139,7 @@ def main() -> int:
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=("speed", "faults", "fleet", "flags", "ranking", "observability"),
+        choices=("speed", "faults", "fleet", "flags", "ranking", "observability", "hostile"),
         default="speed",
         help="speed (default): ratios against hand-written code; faults: the fault drill "
         "against a real redis-server; fleet: fleet breakers across processes; flags: a kill "
@@ -153,6 +155,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.suite == "faults":
         return _faults(args)
+    if args.suite == "hostile":
+        refused = {"python": platform.python_version(), "cases": hostile.run(quick=args.quick)}
+        for case, figures in refused["cases"].items():
+            print(
+                f"hostile.{case}: refused in {figures['ms']:.1f} ms, peak "
+                f"{figures['peak_bytes'] / 2**20:.1f} MiB: {figures['message'][:70]}"
+            )
+        if args.json:
+            args.json.write_text(json.dumps(refused, indent=2) + "\n")
+        return 0
     if args.suite == "observability":
         return _observability(args)
     if args.suite == "ranking":

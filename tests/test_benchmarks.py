@@ -155,3 +155,13 @@ def test_the_post_step_benchmark_reranks_every_page_it_times() -> None:
         assert figures["baseline_ns"] > 0
         spent = (figures["subject_ns"] - figures["baseline_ns"]) / int(size)
         assert abs(figures["per_candidate_ns"] - spent) <= 0.1  # the two medians are rounded
+
+
+def test_the_hostile_file_benchmark_times_every_case() -> None:
+    from benchmarks import hostile
+
+    results = hostile.run(quick=True)
+    assert set(results) == set(hostile.CASES) | set(hostile.BEYOND_RECURSION)
+    for case, figures in results.items():
+        assert figures["ms"] >= 0
+        assert figures["message"], case

@@ -5,67 +5,21 @@ traceback. Each case goes through the file path a platform team uses (``resilien
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from benchmarks.hostile import CASES
 from resilience import PolicyValidationError
 from resilience._policy import load_policies_file
-from resilience._yaml import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
+from resilience._yaml import MAX_DEPTH, MAX_FILE_BYTES
 from resilience.cli import main
-
-_POLICY = (
-    "version: 1\ndefault_policy: p\npolicies:\n  p:\n    budget: {budget}\n"
-    "    chain: [unpersonalized]\n"
-)
-
-
-def _alias_bomb() -> bytes:
-    # Nine levels of nine aliases each: 9**9 (387 million) values once expanded.
-    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
-    for level in range(8):
-        name, ref = chr(98 + level), chr(97 + level)
-        lines.append(f"{name}: &{name} [{', '.join([f'*{ref}'] * 9)}]")
-    return ("\n".join(lines) + "\n").encode()
-
-
-#: case -> (the file's bytes, made on demand; a phrase of the expected message)
-CASES: dict[str, tuple[Callable[[], bytes], str]] = {
-    "alias_bomb": (_alias_bomb, f"more than {MAX_NODES} values"),
-    "deep_flow_nesting": (
-        lambda: b"version: 1\nx: " + b"[" * 200 + b"]" * 200 + b"\n",
-        f"nesting deeper than {MAX_DEPTH} levels",
-    ),
-    "deep_block_nesting": (
-        lambda: "".join(f"{'  ' * i}k{i}:\n" for i in range(200)).encode() + b"v: 1\n",
-        f"nesting deeper than {MAX_DEPTH} levels",
-    ),
-    "file_of_50_mb": (
-        lambda: b"# " + b"x" * (50 * 1024 * 1024) + b"\n",
-        f"larger than the limit of {MAX_FILE_BYTES} bytes",
-    ),
-    "binary_garbage": (lambda: bytes(range(256)) * 16, "not UTF-8 text"),
-    "non_utf8_latin1": (
-        lambda: "version: 1\ndescription: caf\xe9\n".encode("latin-1"),
-        "not UTF-8 text",
-    ),
-    "python_object_apply_tag": (
-        lambda: b"version: 1\nx: !!python/object/apply:os.system ['touch {marker}']\n",
-        "is not allowed",
-    ),
-    "python_name_tag": (lambda: b"version: 1\nx: !!python/name:os.system\n", "is not allowed"),
-    "custom_tag": (lambda: b"version: 1\nx: !include /etc/passwd\n", "is not allowed"),
-    "nan": (lambda: _POLICY.format(budget=".nan").encode(), "not a finite number"),
-    "infinity": (lambda: _POLICY.format(budget=".inf").encode(), "not a finite number"),
-    "negative_infinity": (lambda: _POLICY.format(budget="-.inf").encode(), "not a finite number"),
-    "enormous_integer": (
-        lambda: _POLICY.format(budget="9" * 100_000).encode(),
-        "an integer of 100000 digits is too large",
-    ),
-}
 
 #: Peak memory a hostile file may cost the loader (tracemalloc), whatever its size.
 PEAK_LIMIT = 16 * 1024 * 1024
@@ -131,3 +85,69 @@ def test_nesting_past_the_interpreters_recursion_limit_is_refused_by_the_cli(
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     assert f"nesting deeper than {MAX_DEPTH} levels" in out + err
+
+
+_REFERENCE_LINES = (
+    (Path(__file__).resolve().parent.parent / "policies.yaml").read_text().splitlines(keepends=True)
+)
+_HOSTILE_VALUES = (
+    ".nan",
+    "-.inf",
+    "9" * 5_000,
+    "*undefined",
+    "&anchor x",
+    "!!python/object/apply:os.system ['true']",
+    "!!binary aGVsbG8=",
+    "[",
+    "{a: [",
+    "~",
+    "0x1F",
+    "1e999",
+    '"\\ud800"',
+    "'\\x00'",
+    "2024-01-01",
+    "-",
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_structurally_mutated_reference_files_are_loaded_or_refused_by_the_cli(
+    data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    lines = list(_REFERENCE_LINES)
+    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+        index = data.draw(st.integers(0, len(lines) - 1), label="line")
+        kind = data.draw(
+            st.sampled_from(("duplicate", "delete", "swap", "indent", "dedent", "value")),
+            label="kind",
+        )
+        line = lines[index]
+        if kind == "duplicate":
+            lines.insert(index, line)
+        elif kind == "delete" and len(lines) > 1:
+            del lines[index]
+        elif kind == "swap":
+            other = data.draw(st.integers(0, len(lines) - 1), label="other")
+            lines[index], lines[other] = lines[other], line
+        elif kind == "indent":
+            lines[index] = "  " + line
+        elif kind == "dedent":
+            lines[index] = line[2:] if line.startswith("  ") else line
+        elif kind == "value" and ":" in line:
+            key = line.split(":", 1)[0]
+            value = data.draw(st.sampled_from(_HOSTILE_VALUES), label="value")
+            lines[index] = f"{key}: {value}\n"
+    path = tmp_path_factory.mktemp("mutated") / "policies.yaml"
+    path.write_text("".join(lines), encoding="utf-8", errors="surrogatepass")
+    issues: tuple[object, ...] = ()
+    try:
+        load_policies_file(path)
+    except PolicyValidationError as exc:  # the project's own error, and nothing else
+        issues = tuple(exc.issues)
+    accepted = not issues
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["validate", str(path)])
+    assert code == (0 if accepted else 1)
+    assert "Traceback" not in stdout.getvalue() + stderr.getvalue()
