@@ -124,6 +124,8 @@ def test_the_targets_are_met_by_good_figures_and_missed_by_bad_ones() -> None:
 
     good = check_targets(_suite_figures(happy=1.49, breaker_open=0.8, q1=0.98, q3=1.03))
     assert all(verdict["met"] for verdict in good.values()), good
+    noisy = check_targets(_suite_figures(happy=1.2, breaker_open=0.8, q1=0.80, q3=0.99))
+    assert noisy["scale.policies.100 flat"]["met"]  # faster with 100 policies: noise, not a fault
     bad = check_targets(_suite_figures(happy=1.51, breaker_open=1.02, q1=0.98, q3=1.14))
     missed = {name for name, verdict in bad.items() if not verdict["met"]}
     assert missed == {
