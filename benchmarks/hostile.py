@@ -39,15 +39,6 @@ _POLICY = (
 )
 
 
-def _alias_bomb() -> bytes:
-    # Nine levels of nine aliases each: 9**9 (387 million) values once expanded.
-    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
-    for level in range(8):
-        name, ref = chr(98 + level), chr(97 + level)
-        lines.append(f"{name}: &{name} [{', '.join([f'*{ref}'] * 9)}]")
-    return ("\n".join(lines) + "\n").encode()
-
-
 #: case -> (the file's bytes, made on demand; a phrase of the expected message)
 CASES: dict[str, tuple[Callable[[], bytes], str]] = {
     "alias_bomb": (_alias_bomb, f"more than {MAX_NODES} values"),

@@ -43,12 +43,10 @@ from resilience import (
     GarbageData,
     NullSink,
     Outcome,
-    Reason,
     RequestContext,
     SessionState,
     Signals,
     StepRecord,
-    Trace,
     load_policies,
 )
 from resilience._holdout import bucket as holdout_bucket
@@ -179,7 +177,7 @@ class Naive(HandWritten):
         except Exception as exc:
             outcome, detail = Outcome.ERROR, type(exc).__name__
         return self._finish(
-            request, start, deadline, t0, timeout, outcome, detail, signals, guard_record
+            request, start, deadline, t0, timeout, outcome, detail, signals, [guard_record]
         )
 
     # -- asyncio ------------------------------------------------------------------------------
@@ -248,7 +246,7 @@ class Naive(HandWritten):
         except Exception as exc:
             outcome, detail = Outcome.ERROR, type(exc).__name__
         return self._finish(
-            request, start, deadline, t0, timeout, outcome, detail, signals, guard_record
+            request, start, deadline, t0, timeout, outcome, detail, signals, [guard_record]
         )
 
     # -- shared by both -----------------------------------------------------------------------
@@ -281,14 +279,13 @@ class Naive(HandWritten):
         outcome: Outcome,
         detail: str,
         signals: Signals | None,
-        guard_record: StepRecord,
+        records: list[StepRecord],
     ) -> Decision:
-        t1 = time.perf_counter()
-        if outcome is Outcome.OK and t1 - t0 > timeout:
-            outcome, signals = Outcome.TIMEOUT, None
-        elif signals is not None:
-            detail = signals.note
-        record = StepRecord("session", outcome, int((t1 - t0) * 1e6 + 0.5), detail)
+        """The baseline's decision, with its session record logged as structlog would."""
+        decision = super()._finish(
+            request, start, deadline, t0, timeout, outcome, detail, signals, records
+        )
+        record = decision.trace.steps[-1]
         self.log.info(
             "step",
             policy="search",
@@ -297,22 +294,7 @@ class Naive(HandWritten):
             elapsed_us=record.elapsed_us,
             detail=record.detail,
         )
-        self.guard.record(outcome is not Outcome.OK and outcome is not Outcome.MISS, t1)
-        # The fallback tiers would follow here; on the happy path the session tier served.
-        trace = Trace(
-            "search",
-            self.version,
-            request.request_id,
-            "session",
-            Reason.PRIMARY,
-            (guard_record, record),
-            int((deadline - start) * 1e6 + 0.5),
-            int((time.perf_counter() - start) * 1e6 + 0.5),
-            False,
-            False,
-            "treatment",
-        )
-        return Decision(signals, request.candidates, trace)
+        return decision
 
 
 def _figures(result: Comparison) -> dict[str, float | int]:

@@ -62,7 +62,7 @@ from .happy_path import (
     sync_loop,
     sync_sources,
 )
-from .interleaved import compare
+from .interleaved import Comparison, compare
 
 __all__ = ["CONCURRENT_LIMITS", "run"]
 
@@ -187,6 +187,18 @@ class _Concurrent:
         return served, used
 
 
+def _rates(result: Comparison) -> dict[str, float | int]:
+    """Both sides' decisions per second and time per decision, and the engine's time ratio."""
+    return {
+        "engine_per_s": _per_s(result.subject_ns),
+        "hand_written_per_s": _per_s(result.baseline_ns),
+        "ratio": round(result.ratio, 3),
+        "engine_ns": round(result.subject_ns, 1),
+        "hand_written_ns": round(result.baseline_ns, 1),
+        "repeats": result.repeats,
+    }
+
+
 def _per_s(ns: float) -> float:
     return round(1e9 / ns, 1)
 
@@ -202,12 +214,7 @@ def _measure_sync(calls: int, repeats: int) -> dict[str, Any]:
             sync_loop(engine.decide), sync_loop(reference.decide), calls=calls, repeats=repeats
         )
     return {
-        "engine_per_s": _per_s(result.subject_ns),
-        "hand_written_per_s": _per_s(result.baseline_ns),
-        "ratio": round(result.ratio, 3),
-        "engine_ns": round(result.subject_ns, 1),
-        "hand_written_ns": round(result.baseline_ns, 1),
-        "repeats": result.repeats,
+        **_rates(result),
         "calls_per_repeat": result.calls,
     }
 
@@ -254,12 +261,7 @@ def _measure_async(tasks: int, per_task: int, repeats: int) -> dict[str, Any]:
         "tasks": tasks,
         "per_task": per_task,
         "decisions": tasks * per_task,
-        "engine_per_s": _per_s(result.subject_ns),
-        "hand_written_per_s": _per_s(result.baseline_ns),
-        "ratio": round(result.ratio, 3),
-        "engine_ns": round(result.subject_ns, 1),
-        "hand_written_ns": round(result.baseline_ns, 1),
-        "repeats": result.repeats,
+        **_rates(result),
         "failed": failed,
         "checked": subject.decisions + baseline.decisions + served.total() + hand_served.total(),
         "engine_latency_ms_median": round(statistics.median(used) / 1000, 2),
