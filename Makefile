@@ -5,10 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: setup simulate demo screenshot test lint bench clean
 
-$(BIN)/.installed: pyproject.toml
+# The example third-party plugin is installed beside the project, as a user would install one:
+# its entry point is then really there, and the tests show it loads only where allowed.
+$(BIN)/.installed: pyproject.toml examples/trending_plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e examples/trending_plugin
 	touch $@
 
 setup: $(BIN)/.installed

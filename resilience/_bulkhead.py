@@ -24,6 +24,7 @@ freed only when its call really finishes. The lock guards counters and the hand-
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import queue
@@ -74,9 +75,11 @@ class Bulkhead:
     """Runs calls to one blocking source on at most ``max_concurrent`` daemon threads.
 
     Args:
-        name: the source's name; used in errors, events and thread names.
+        name: the source's name (or ``policy.step`` for a step isolated in a bulkhead); used in
+            errors, events and thread names.
         max_concurrent: how many calls may be in flight at once (at least 1).
         events: where the ``resilience.bulkhead.abandoned`` event goes; dropped by default.
+        kind: what ``name`` names, for messages: ``source`` or ``step``.
     """
 
     __slots__ = (
@@ -91,14 +94,23 @@ class Bulkhead:
         "_queue",
         "_rejected",
         "_threads",
+        "kind",
         "max_concurrent",
         "name",
     )
 
-    def __init__(self, name: str, max_concurrent: int, events: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        max_concurrent: int,
+        events: EventSink | None = None,
+        *,
+        kind: str = "source",
+    ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
         self.name = name
+        self.kind = kind
         self.max_concurrent = max_concurrent
         self._events: EventSink = events if events is not None else NullSink()
         self._lock = threading.Lock()
@@ -135,7 +147,7 @@ class Bulkhead:
             if self._closed or self._in_flight >= self.max_concurrent:
                 self._rejected += 1
                 stuck = sum(1 for f in self._abandoned_futures if not f.done())
-                raise BulkheadFull(self.name, self.max_concurrent, stuck)
+                raise BulkheadFull(self.name, self.max_concurrent, stuck, kind=self.kind)
             self._in_flight += 1
             # Queued under the lock, so that close()'s stop markers always come after it.
             self._queue.put((future, fn, args, kwargs))
@@ -160,7 +172,7 @@ class Bulkhead:
                 counted as abandoned.
         """
         if timeout <= 0:
-            raise TimeoutError(f"source {self.name!r}: no time left to call it ({timeout:g}s)")
+            raise TimeoutError(f"{self.kind} {self.name!r}: no time left to call it ({timeout:g}s)")
         # The deadline is fixed before submit(): starting a worker thread can itself take
         # milliseconds, and that time is the caller's too.
         deadline = time.monotonic() + timeout
@@ -172,10 +184,26 @@ class Bulkhead:
             if not future.done():
                 self.abandon(future)
                 raise TimeoutError(
-                    f"source {self.name!r} did not return within {timeout:g}s; the call runs on "
-                    "in its bulkhead thread and holds its slot until it returns"
+                    f"{self.kind} {self.name!r} did not return within {timeout:g}s; the call "
+                    "runs on in its bulkhead thread and holds its slot until it returns"
                 ) from None
         return future.result()  # finished at the deadline, or fn raised TimeoutError itself
+
+    async def acall(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run ``fn(*args)`` in the bulkhead and await it without blocking the event loop.
+
+        The caller bounds the wait (``asyncio.timeout``); when it is cancelled, the call is
+        counted as abandoned and runs on in its thread, holding its slot.
+
+        Raises:
+            BulkheadFull: no free slot.
+        """
+        future = self.submit(fn, *args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            self.abandon(future)
+            raise
 
     def abandon(self, future: concurrent.futures.Future[Any]) -> None:
         """Count ``future`` as abandoned: its caller stopped waiting. Idempotent per future.

@@ -149,6 +149,7 @@ class _Plan:
         "layout",
         "name",
         "observers",
+        "offloads",
         "post",
         "preset",
         "primary",
@@ -231,6 +232,10 @@ class _Plan:
         first = compiled.tiers[0] if compiled.tiers else None
         # The first declared tier; a switched-off one makes every answer a fallback.
         self.primary = first if first in self.tiers else None
+        #: A guard or post step runs on a bulkhead: adecide awaits those instead of blocking.
+        self.offloads = any(
+            step.isolated_by is not None for step in (*self.guards, *(s for s, _ in self.post))
+        )
         # Only steps that run and override Step.observe are told of each decision.
         self.observers: tuple[Callable[[Trace], None], ...] = tuple(
             step.observe
@@ -248,6 +253,12 @@ def _slot(tier: Tier, left: float) -> float | None:
     if tier.terminal:  # needs no data and cannot fail: it runs on an empty budget
         return tier.timeout
     return None
+
+
+def _failed(step: Step, exc: BaseException, t0: float, t1: float) -> StepRecord:
+    """The record of a guard or post step that raised ``exc``."""
+    outcome, detail = _failure(exc)
+    return StepRecord(step.step_id, outcome, int((t1 - t0) * 1e6 + 0.5), detail)
 
 
 def _failure(exc: BaseException) -> tuple[Outcome, str]:
@@ -268,8 +279,12 @@ def _run_sync(
 ) -> tuple[Outcome, str, Signals | None, float]:
     """Call a sync tier and classify what it did: ``(outcome, detail, result, elapsed)``.
     Shared by ``decide`` and ``adecide``."""
+    bulkhead = tier.isolated_by
     try:
-        result = tier.run(request, timeout)
+        if bulkhead is None:
+            result = tier.run(request, timeout)
+        else:
+            result = bulkhead.call(tier.run, request, timeout, timeout=timeout)
     except (Exception, asyncio.CancelledError) as exc:
         outcome, detail = _failure(exc)
         return outcome, detail, None, now() - t0
@@ -287,6 +302,51 @@ def _classify(result: object, elapsed: float, timeout: float) -> tuple[Outcome, 
     if type(result) is not Signals:
         return _GARBAGE, f"returned {type(result).__name__}"
     return _OK, result.note
+
+
+def _judge(
+    plan: _Plan, guard: Guard, verdict: object, t0: float, t1: float, deadline: float
+) -> StepRecord:
+    """The record of a guard that answered ``verdict`` between ``t0`` and ``t1``; ``DISABLED``
+    switches personalization off for the request."""
+    elapsed = int((t1 - t0) * 1e6 + 0.5)
+    if t1 > deadline:  # its verdict came too late to be this request's
+        return StepRecord(guard.step_id, _TIMEOUT, elapsed, "verdict discarded")
+    if verdict is None:
+        return StepRecord(guard.step_id, _OK, elapsed)
+    if not isinstance(verdict, str) or not verdict:
+        # A guard that answers False or 0 means "all is well" by mistake: switching the request
+        # off on it would let any buggy guard disable personalization for everyone.
+        return StepRecord(guard.step_id, _GARBAGE, elapsed, f"returned {type(verdict).__name__}")
+    if guard in plan.shadow_guards:  # would have switched it off: say so, go on
+        return StepRecord(guard.step_id, _SHADOW, elapsed, str(verdict))
+    return StepRecord(guard.step_id, _DISABLED, elapsed, str(verdict))
+
+
+def _reranked(
+    step: PostStep,
+    shadow: bool,
+    result: Any,
+    t0: float,
+    t1: float,
+    deadline: float,
+    candidates: Sequence[Candidate],
+) -> tuple[StepRecord, Sequence[Candidate]]:
+    """The record of a post step that returned ``result`` between ``t0`` and ``t1``, and the
+    list that stands after it."""
+    elapsed = int((t1 - t0) * 1e6 + 0.5)
+    if t1 > deadline:
+        return StepRecord(step.step_id, _TIMEOUT, elapsed, "result discarded"), candidates
+    if (
+        type(result) not in (list, tuple)
+        # every item exactly a Candidate, counted in C: twice as fast as a generator
+        or list(map(type, result)).count(Candidate) != len(result)
+    ):
+        record = StepRecord(step.step_id, _GARBAGE, elapsed, f"returned {type(result).__name__}")
+        return record, candidates
+    if shadow:
+        return _would_rerank(step.step_id, elapsed, candidates, result), candidates
+    return StepRecord(step.step_id, _OK, elapsed), result
 
 
 class Engine:
@@ -763,7 +823,12 @@ class Engine:
             plan = self._plans.get(request.policy or "")
             if plan is None or self._closed:
                 return self._no_plan(request, start, plan)
-            deadline, records, tiers, reason, group = self._begin(plan, request, start)
+            offloads = plan.offloads
+            deadline, records, tiers, reason, group = self._begin(
+                plan, request, start, guards=not offloads
+            )
+            if offloads and reason is None and plan.guards:
+                tiers, reason = await self._aguards(plan, request, deadline, records)
             shadowing = IN_SHADOW.set(True) if plan.shadow else None
             try:
                 now = self._now
@@ -782,9 +847,13 @@ class Engine:
                         when = asyncio.get_running_loop().time() + timeout
                         cutoff = asyncio.timeout_at(when)
                         marker = STEP_DEADLINE.set(when)  # sources tell a cut from a cancel by it
+                        bulkhead = tier.isolated_by
                         try:
                             async with cutoff:
-                                result = await tier.arun(request, timeout)
+                                if bulkhead is None:
+                                    result = await tier.arun(request, timeout)
+                                else:
+                                    result = await bulkhead.acall(tier.run, request, timeout)
                         except (Exception, asyncio.CancelledError) as exc:
                             STEP_DEADLINE.reset(marker)
                             if task is not None and task.cancelling():
@@ -806,6 +875,22 @@ class Engine:
                     if outcome is _OK:
                         served, signals = tier, result
                         break
+                if offloads and plan.post:
+                    candidates = await self._apost(
+                        plan, request, served, signals, deadline, records
+                    )
+                    return self._finish(
+                        plan,
+                        request,
+                        start,
+                        deadline,
+                        records,
+                        reason,
+                        served,
+                        signals,
+                        group,
+                        candidates,
+                    )
                 return self._finish(
                     plan, request, start, deadline, records, reason, served, signals, group
                 )
@@ -844,10 +929,11 @@ class Engine:
         raise asyncio.CancelledError
 
     def _begin(
-        self, plan: _Plan, request: RequestContext, start: float
+        self, plan: _Plan, request: RequestContext, start: float, guards: bool = True
     ) -> tuple[float, list[StepRecord], tuple[Tier, ...], Reason | None, str]:
-        """Set the deadline, place the user in the holdout or not, and run the guards; returns
-        the tiers the chain may try and the user's holdout group."""
+        """Set the deadline, place the user in the holdout or not, and run the guards (unless
+        ``guards`` is false: adecide awaits them); returns the tiers the chain may try and the
+        user's holdout group."""
         budget = plan.budget
         time_left = request.time_left
         if time_left is not None and not time_left >= budget:  # NaN counts as nothing left
@@ -862,7 +948,7 @@ class Engine:
                 return deadline, [], plan.terminal, Reason.HOLDOUT, _HOLDOUT
             group = _TREATMENT
         records: list[StepRecord] = list(plan.preset) if plan.preset else []
-        if not plan.guards:
+        if not plan.guards or not guards:
             return deadline, records, plan.tiers, plan.reason, group
         now = self._now
         for guard in plan.guards:
@@ -870,24 +956,48 @@ class Engine:
             if t0 >= deadline:
                 records.append(StepRecord(guard.step_id, _SKIPPED, 0))
                 continue
+            bulkhead = guard.isolated_by
             try:
-                verdict = guard.check(request)
+                if bulkhead is None:
+                    verdict = guard.check(request)
+                else:
+                    wait = min(bulkhead.wait, deadline - t0)
+                    verdict = bulkhead.call(guard.check, request, timeout=wait)
             except Exception as exc:
-                records.append(
-                    StepRecord(
-                        guard.step_id, _ERROR, int((now() - t0) * 1e6 + 0.5), type(exc).__name__
-                    )
-                )
+                records.append(_failed(guard, exc, t0, now()))
                 continue
-            elapsed = int((now() - t0) * 1e6 + 0.5)
-            if verdict is None:
-                records.append(StepRecord(guard.step_id, _OK, elapsed))
-            elif guard in plan.shadow_guards:  # would have switched it off: say so, go on
-                records.append(StepRecord(guard.step_id, _SHADOW, elapsed, str(verdict)))
-            else:
-                records.append(StepRecord(guard.step_id, _DISABLED, elapsed, str(verdict)))
+            record = _judge(plan, guard, verdict, t0, now(), deadline)
+            records.append(record)
+            if record.outcome is _DISABLED:
                 return deadline, records, plan.terminal, Reason.GUARD, group
         return deadline, records, plan.tiers, None, group
+
+    async def _aguards(
+        self, plan: _Plan, request: RequestContext, deadline: float, records: list[StepRecord]
+    ) -> tuple[tuple[Tier, ...], Reason | None]:
+        """The guards of a plan that runs some on a bulkhead, from adecide: those are awaited
+        under the request's deadline; the others are plain calls, as in :meth:`_begin`."""
+        now = self._now
+        for guard in plan.guards:
+            t0 = now()
+            if t0 >= deadline:
+                records.append(StepRecord(guard.step_id, _SKIPPED, 0))
+                continue
+            bulkhead = guard.isolated_by
+            try:
+                if bulkhead is None:
+                    verdict = guard.check(request)
+                else:
+                    async with asyncio.timeout(min(bulkhead.wait, deadline - t0)):
+                        verdict = await bulkhead.acall(guard.check, request)
+            except Exception as exc:
+                records.append(_failed(guard, exc, t0, now()))
+                continue
+            record = _judge(plan, guard, verdict, t0, now(), deadline)
+            records.append(record)
+            if record.outcome is _DISABLED:
+                return plan.terminal, Reason.GUARD
+        return plan.tiers, None
 
     def _finish(
         self,
@@ -900,8 +1010,10 @@ class Engine:
         served: Tier | None,
         signals: Signals | None,
         group: str,
+        reranked: Sequence[Candidate] | None = None,
     ) -> Decision:
-        """Run the post steps, then build the decision and its trace."""
+        """Run the post steps (unless adecide has: ``reranked``), then build the decision and
+        its trace."""
         if served is None or served.terminal:
             signals = None
         if reason is None:
@@ -912,7 +1024,9 @@ class Engine:
             else:
                 reason = Reason.FALLBACK
         candidates = request.candidates
-        if plan.post:
+        if reranked is not None:
+            candidates = reranked
+        elif plan.post:
             candidates = self._post(plan, request, signals, candidates, deadline, records)
         now = self._now()
         draw = self._random() if self._draws else 1.0  # one draw samples events and lists
@@ -982,32 +1096,52 @@ class Engine:
             if t0 >= deadline:
                 records.append(StepRecord(step.step_id, _SKIPPED, 0))
                 continue
+            bulkhead = step.isolated_by
             try:
-                result = step.apply(request, signals, candidates)
+                if bulkhead is None:
+                    result = step.apply(request, signals, candidates)
+                else:
+                    wait = min(bulkhead.wait, deadline - t0)
+                    result = bulkhead.call(step.apply, request, signals, candidates, timeout=wait)
             except Exception as exc:
-                records.append(
-                    StepRecord(
-                        step.step_id, _ERROR, int((now() - t0) * 1e6 + 0.5), type(exc).__name__
-                    )
-                )
+                records.append(_failed(step, exc, t0, now()))
                 continue
-            t1 = now()
-            elapsed = int((t1 - t0) * 1e6 + 0.5)
-            if t1 > deadline:
-                records.append(StepRecord(step.step_id, _TIMEOUT, elapsed, "result discarded"))
-            elif (
-                type(result) not in (list, tuple)
-                # every item exactly a Candidate, counted in C: twice as fast as a generator
-                or list(map(type, result)).count(Candidate) != len(result)
-            ):
-                records.append(
-                    StepRecord(step.step_id, _GARBAGE, elapsed, f"returned {type(result).__name__}")
-                )
-            elif shadow:
-                records.append(_would_rerank(step.step_id, elapsed, candidates, result))
-            else:
-                records.append(StepRecord(step.step_id, _OK, elapsed))
-                candidates = result
+            record, candidates = _reranked(step, shadow, result, t0, now(), deadline, candidates)
+            records.append(record)
+        return candidates
+
+    async def _apost(
+        self,
+        plan: _Plan,
+        request: RequestContext,
+        served: Tier | None,
+        signals: Signals | None,
+        deadline: float,
+        records: list[StepRecord],
+    ) -> Sequence[Candidate]:
+        """The post steps of a plan that runs some on a bulkhead, from adecide: those are
+        awaited under the request's deadline; the others are plain calls, as in :meth:`_post`."""
+        if served is None or served.terminal:
+            signals = None
+        candidates = request.candidates
+        now = self._now
+        for step, shadow in plan.post:
+            t0 = now()
+            if t0 >= deadline:
+                records.append(StepRecord(step.step_id, _SKIPPED, 0))
+                continue
+            bulkhead = step.isolated_by
+            try:
+                if bulkhead is None:
+                    result = step.apply(request, signals, candidates)
+                else:
+                    async with asyncio.timeout(min(bulkhead.wait, deadline - t0)):
+                        result = await bulkhead.acall(step.apply, request, signals, candidates)
+            except Exception as exc:
+                records.append(_failed(step, exc, t0, now()))
+                continue
+            record, candidates = _reranked(step, shadow, result, t0, now(), deadline, candidates)
+            records.append(record)
         return candidates
 
     # --- the rare paths -------------------------------------------------------------------------

@@ -146,20 +146,21 @@ class BreakerOpen(ResilienceError):  # noqa: N818 - names the outcome it causes
 
 
 class BulkheadFull(ResilienceError):  # noqa: N818 - names the outcome it causes
-    """A source's bulkhead had no free slot; the step is recorded as ``rejected``.
+    """A bulkhead had no free slot; the step is recorded as ``rejected``.
 
     Args:
-        source: the source whose bulkhead is full.
+        source: the source whose bulkhead is full (``policy.step`` for a step's own bulkhead).
         limit: how many calls it admits at once.
         stuck: how many of its slots are held by calls their callers gave up on: a sign that
             the store hangs, which its breaker counts as a failure.
+        kind: what ``source`` names: ``source`` or ``step``.
     """
 
-    def __init__(self, source: str, limit: int, stuck: int = 0) -> None:
+    def __init__(self, source: str, limit: int, stuck: int = 0, *, kind: str = "source") -> None:
         self.source = source
         self.limit = limit
         self.stuck = stuck
         super().__init__(
-            f"bulkhead of source {source!r} is full ({limit} calls in flight, "
+            f"bulkhead of {kind} {source!r} is full ({limit} calls in flight, "
             f"{stuck} of them abandoned)"
         )

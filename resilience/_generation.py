@@ -28,6 +28,7 @@ from typing import Any
 from ._clock import Clock
 from ._errors import PolicyIssue, PolicyValidationError, SourceBindingError
 from ._fleet import FleetSync
+from ._isolation import StepBulkhead
 from ._policy import Policy, PolicySet, StepSpec
 from ._sources import SourceFunction, SourceOptions, SourceRuntime
 from ._steps import BuildContext, Guard, PostStep, Step, Tier, source_fields
@@ -200,15 +201,17 @@ class Generation:
                             f"step {spec.step_id!r} could not be built: "
                             f"{type(exc).__name__}: {exc}",
                             f"check its parameters, or report it to the plugin "
-                            f"{self.policies.plugins.origin(spec.type.name)!r}",
+                            f"{self._plugin_of(spec)!r}",
                         )
                     ]
                 ) from exc
+            self.steps.append(step)  # released with the generation, even if refused below
             if isinstance(step, Tier):
                 requested = context.requested
                 step.awaits = step.awaits or any(source.awaits for source in requested)
                 step.async_only = step.async_only or any(s.is_async for s in requested)
-            self.steps.append(step)
+            if spec.isolation.bulkhead:
+                self._isolate(policy, spec, step)
             return step
 
         return Compiled(
@@ -218,16 +221,62 @@ class Generation:
             tuple(build(s) for s in policy.post),
         )
 
+    def _plugin_of(self, spec: StepSpec) -> str:
+        return self.policies.plugins.origin(spec.type.name)
+
+    def _isolate(self, policy: Policy, spec: StepSpec, step: Step) -> None:
+        """Give ``step`` the bulkhead its ``isolation:`` declares."""
+        if isinstance(step, Tier) and step.async_only:
+            raise PolicyValidationError(
+                [
+                    PolicyIssue(
+                        self.policies.file,
+                        spec.line,
+                        spec.column,
+                        f"{spec.path}.isolation",
+                        f"tier {spec.step_id!r} reads an async source, which a bulkhead thread "
+                        "cannot await (and which asyncio already cuts at the deadline)",
+                        "remove 'isolation:' from it",
+                    )
+                ]
+            )
+        step.isolated_by = StepBulkhead(
+            f"{policy.name}.{spec.step_id}",
+            spec.isolation,
+            self._events,
+            tier=isinstance(step, Tier),
+        )
+        if isinstance(step, Tier):
+            step.awaits = True  # adecide awaits the thread instead of blocking the loop
+
     def _verify(self) -> None:
         issues: list[PolicyIssue] = []
         for policy in self.policies.policies.values():
             compiled = self.compiled[policy.name]
             built = compiled.guards + compiled.tiers + compiled.post
             for spec, step in zip(policy.steps(), built, strict=True):
-                problem = step.verify()
+                hint = ""
+                try:
+                    problem: object = step.verify()
+                except Exception as exc:
+                    problem = f"step {spec.step_id!r} failed its check: {type(exc).__name__}: {exc}"
+                    hint = f"report it to the plugin {self._plugin_of(spec)!r}"
+                if problem is not None and not isinstance(problem, str):
+                    problem = (
+                        f"step {spec.step_id!r} answered its check with "
+                        f"{type(problem).__name__}, not a message or None"
+                    )
+                    hint = f"report it to the plugin {self._plugin_of(spec)!r}"
                 if problem:
                     issues.append(
-                        PolicyIssue(self.policies.file, spec.line, spec.column, spec.path, problem)
+                        PolicyIssue(
+                            self.policies.file,
+                            spec.line,
+                            spec.column,
+                            spec.path,
+                            str(problem),
+                            hint,
+                        )
                     )
         if issues:
             raise PolicyValidationError(issues)
@@ -289,6 +338,8 @@ class Generation:
         for step in self.steps:
             with contextlib.suppress(Exception):
                 step.close()
+            if step.isolated_by is not None:
+                step.isolated_by.close()
         for runtime in self.sources.values():
             if id(runtime) not in kept_sources:
                 with contextlib.suppress(Exception):

@@ -37,15 +37,17 @@ StepType = type[Step]
 
 
 #: Keys of a step declaration that belong to the engine, not to a step type's parameters.
-RESERVED_KEYS = frozenset({"type", "id", "mode"})
+RESERVED_KEYS = frozenset({"type", "id", "mode", "isolation"})
 
 
 class PluginHost:
     """The loaded plugins and the step types they contribute.
 
     Args:
-        allow: names of third-party entry points allowed to load; ``None`` admits every
-            installed one, ``[]`` none. Built-ins always load.
+        allow: names of third-party entry points allowed to load; by default none. Built-ins
+            always load. ``None`` admits every installed one: for tooling that lists what is
+            installed, never for a running engine (installing a package must not be enough to
+            run its code in a search service).
         extra: plugin objects (modules or instances) to register in code, e.g. in tests or by
             an application that ships its own steps without an entry point.
         entry_points_: the entry points to consider; defaults to those installed.
@@ -58,7 +60,7 @@ class PluginHost:
     def __init__(
         self,
         *,
-        allow: Sequence[str] | None = None,
+        allow: Sequence[str] | None = (),
         extra: Iterable[object] = (),
         entry_points_: Iterable[EntryPoint] | None = None,
         events: EventSink | None = None,

@@ -26,7 +26,8 @@ from ._errors import PolicyIssue, PolicyValidationError
 from ._exposure import ExposureSettings
 from ._flag_settings import FlagSettings
 from ._holdout import HoldoutOptions
-from ._plugins import PluginHost, StepType
+from ._isolation import INLINE, StepIsolation
+from ._plugins import RESERVED_KEYS, PluginHost, StepType
 from ._sources import SourceOptions
 from ._stats import MetricsSettings
 from ._steps import StepKind, StepParams, TierParams, source_fields
@@ -89,10 +90,10 @@ class _Strict(BaseModel):
 class PluginSettings(_Strict):
     """``settings.plugins``."""
 
-    allow: list[str] | None = Field(
-        default=None,
-        description="Entry-point names of third-party plugins allowed to load. Absent: every "
-        "installed plugin; []: built-ins only.",
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Entry-point names of third-party plugins allowed to load. Absent or []: "
+        "built-ins only; an installed plugin loads only when named here.",
     )
 
 
@@ -159,6 +160,7 @@ class StepSpec:
         line: the line it starts on (1-based).
         column: the column it starts on (1-based).
         mode: its declared mode (``mode:``), the default of its flag ``<policy>.<id>``.
+        isolation: its declared ``isolation:``, what a step that blocks or runs slow costs.
     """
 
     step_id: str
@@ -168,12 +170,15 @@ class StepSpec:
     line: int
     column: int
     mode: Mode = Mode.ON
+    isolation: StepIsolation = INLINE
 
     def normalized(self) -> dict[str, Any]:
         """The step with every effective parameter, defaults included, as plain data."""
         found: dict[str, Any] = {"type": self.type.name, "id": self.step_id}
         if self.mode is not Mode.ON:  # versions of policies without modes stay as they were
             found["mode"] = self.mode.value
+        if self.isolation != INLINE:  # nor do those of policies without isolation
+            found["isolation"] = self.isolation.model_dump(mode="json")
         return {**found, **self.params.model_dump(mode="json")}
 
 
@@ -578,7 +583,8 @@ class _Checker:
             return None
         ids[step_id] = path
         mode = self.step_mode(path, raw, kind, step_type)
-        params_raw = {k: v for k, v in raw.items() if k not in ("type", "id", "mode")}
+        isolation = self.step_isolation(path, raw, step_type)
+        params_raw = {k: v for k, v in raw.items() if k not in RESERVED_KEYS}
         try:
             params = step_type.Params.model_validate(params_raw, context=_DOCUMENT)
         except ValidationError as exc:
@@ -587,9 +593,47 @@ class _Checker:
         line, col = self.located.position(path)
         for advice in params.advice():
             self.warnings.append(PolicyIssue(self.file, line, col, format_path(path), advice))
-        if mode is None:
+        if mode is None or isolation is None:
             return None
-        return StepSpec(step_id, step_type, params, format_path(path), line, col, mode)
+        return StepSpec(step_id, step_type, params, format_path(path), line, col, mode, isolation)
+
+    def step_isolation(
+        self, path: Path, raw: dict[str, Any], step_type: StepType
+    ) -> StepIsolation | None:
+        """The step's ``isolation:``; ``None`` if invalid."""
+        value = raw.get("isolation", INLINE.mode)
+        where = (*path, "isolation")
+        if isinstance(value, str):
+            value = {"mode": value}
+        try:
+            isolation = StepIsolation.model_validate(value, context=_DOCUMENT)
+        except ValidationError as exc:
+            self.pydantic_issues(exc, where, StepIsolation)
+            return None
+        if not isolation.bulkhead and isinstance(value, dict) and len(value) > 1:
+            extra = ", ".join(sorted(k for k in value if k != "mode"))
+            self.add(
+                where,
+                f"{extra} apply to isolation mode bulkhead only",
+                "write 'mode: bulkhead', or remove them",
+            )
+            return None
+        if isolation.timeout is not None and step_type.kind is StepKind.TIER:
+            self.add(
+                (*where, "timeout"),
+                "a tier in a bulkhead is waited for as long as its own timeout",
+                "set 'timeout:' on the step itself, not under 'isolation:'",
+            )
+            return None
+        if isolation.bulkhead and getattr(step_type, "terminal", False):
+            self.add(
+                where,
+                "the terminal tier cannot run in a bulkhead: it is the path that always "
+                "answers, and a full bulkhead would refuse it",
+                "remove 'isolation:' from it",
+            )
+            return None
+        return isolation
 
     def step_mode(
         self, path: Path, raw: dict[str, Any], kind: StepKind, step_type: StepType

@@ -392,12 +392,7 @@ def _guarded_async(
 
     async def isolated(key: str, timeout: float) -> Any:
         assert bulkhead is not None
-        future = bulkhead.submit(function, key, timeout)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            bulkhead.abandon(future)
-            raise
+        return await bulkhead.acall(function, key, timeout)
 
     async def inline(key: str, timeout: float) -> Any:
         result = function(key, timeout)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._clock import Clock
 from ._durations import Duration
+from ._isolation import StepBulkhead
 from ._model import Candidate, RequestContext, Signals
 from ._readings import Reading
 from ._sources import BoundSource, SourceRuntime
@@ -214,6 +215,10 @@ class Step:
     kind: ClassVar[StepKind]
     Params: ClassVar[type[StepParams]] = StepParams
 
+    #: The bulkhead the engine runs this step on (``isolation: bulkhead`` in its declaration),
+    #: set by the engine after the step is built; ``None``: a plain call. Not for the step.
+    isolated_by: StepBulkhead | None = None
+
     def __init__(self, params: StepParams, context: BuildContext) -> None:
         # Subclasses that override __init__ call this first: the engine reads step_id.
         self.params = params
@@ -312,7 +317,8 @@ class Guard(Step):
 
     def check(self, request: RequestContext) -> str | None:
         """``None`` to let the chain run; otherwise a short reason (``"kill_switch"``) to switch
-        personalization off for this request. Exceptions count as ``error`` and let it run."""
+        personalization off for this request. Exceptions count as ``error`` and let it run; an
+        answer that is neither ``None`` nor a non-empty string counts as ``garbage``, likewise."""
         raise NotImplementedError
 
 

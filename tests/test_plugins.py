@@ -80,7 +80,9 @@ def test_unknown_hook_implementations_are_rejected() -> None:
 
 
 def test_entry_point_plugins_load_and_contribute_steps() -> None:
-    host = PluginHost(entry_points_=[entry_point("acme", "tests.plugin_fixtures.steps")])
+    host = PluginHost(
+        allow=["acme"], entry_points_=[entry_point("acme", "tests.plugin_fixtures.steps")]
+    )
     assert {"off_for", "by_category", "fixed"} <= set(host.names())
     assert host.origin("off_for") == "acme"
 
@@ -98,7 +100,9 @@ def test_the_allowlist_keeps_other_plugins_out() -> None:
 
 def test_a_plugin_that_fails_to_import_is_named() -> None:
     with pytest.raises(PluginError) as caught:
-        PluginHost(entry_points_=[entry_point("broken", "tests.plugin_fixtures.broken")])
+        PluginHost(
+            allow=["broken"], entry_points_=[entry_point("broken", "tests.plugin_fixtures.broken")]
+        )
     message = str(caught.value)
     assert caught.value.plugin == "broken"
     assert "acme-sdk" in message
@@ -107,7 +111,9 @@ def test_a_plugin_that_fails_to_import_is_named() -> None:
 
 def test_a_clashing_step_name_names_both_plugins() -> None:
     with pytest.raises(PluginError) as caught:
-        PluginHost(entry_points_=[entry_point("clasher", "tests.plugin_fixtures.clash")])
+        PluginHost(
+            allow=["clasher"], entry_points_=[entry_point("clasher", "tests.plugin_fixtures.clash")]
+        )
     message = str(caught.value)
     assert "'clasher'" in message
     assert "'session'" in message
@@ -116,7 +122,9 @@ def test_a_clashing_step_name_names_both_plugins() -> None:
 
 def test_a_hook_returning_garbage_is_named() -> None:
     with pytest.raises(PluginError, match="bad"):
-        PluginHost(entry_points_=[entry_point("bad", "tests.plugin_fixtures.bad_return")])
+        PluginHost(
+            allow=["bad"], entry_points_=[entry_point("bad", "tests.plugin_fixtures.bad_return")]
+        )
 
 
 @pytest.fixture
@@ -146,7 +154,7 @@ def installed_distribution(tmp_path: Path) -> Iterator[None]:
 
 @pytest.mark.usefixtures("installed_distribution")
 def test_an_installed_distribution_is_discovered_and_filtered_by_the_allowlist() -> None:
-    host = PluginHost()
+    host = PluginHost(allow=["acme"])
     assert host.origin("off_for") == "acme"
     text = """
 version: 1
@@ -306,12 +314,109 @@ def test_invalid_settings_never_widen_what_loads(broken_distribution: Path, sett
     assert not broken_distribution.exists()
 
 
-def test_the_broken_distribution_would_load_without_an_allowlist(
+def test_an_installed_plugin_loads_only_when_the_allowlist_names_it(
     broken_distribution: Path,
 ) -> None:
+
+    text = "policies:\n  p:\n    chain: [unpersonalized]\n"
+    load_policies(f"version: 1\n{text}")  # no allowlist: built-ins only, nothing imported
+    assert not broken_distribution.exists()
     with pytest.raises(PluginError, match="acme broke"):
-        load_policies("version: 1\npolicies:\n  p:\n    chain: [unpersonalized]\n")
+        load_policies(f"version: 1\nsettings: {{plugins: {{allow: [broken]}}}}\n{text}")
     assert broken_distribution.exists()
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Iterator[Path]:
+    """A module on sys.path that leaves a marker file if anything ever imports it."""
+    marker = tmp_path / "imported"
+    (tmp_path / "canary_steps.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from tests.plugin_fixtures.steps import *  # noqa: F403\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield marker
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("canary_steps", None)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "canary_steps",
+        "canary_steps.FixedTier",
+        "'canary_steps:FixedTier'",
+        "'tests.plugin_fixtures.steps:FixedTier'",
+        "os.system",
+        "'!!python/name:canary_steps.FixedTier'",
+    ],
+)
+def test_a_policy_never_imports_a_module_by_dotted_path(canary: Path, step: str) -> None:
+    from resilience import PolicyValidationError
+
+    text = (
+        "version: 1\n"
+        "settings: {plugins: {allow: [canary_steps, 'canary_steps:FixedTier']}}\n"
+        "policies:\n"
+        "  p:\n"
+        f"    chain: [{{type: {step}}}, unpersonalized]\n"
+    )
+    with pytest.raises(PolicyValidationError) as caught:
+        load_policies(text)
+    assert "unknown tier type" in str(caught.value)
+    assert not canary.exists(), "a name in a policy file imported a module"
+
+
+_EXAMPLE_PLUGIN_CHECK = """
+import sys
+from importlib.metadata import entry_points
+from resilience import PolicyValidationError, load_policies
+from resilience.testing import RecordingSink
+
+(ep,) = [e for e in entry_points(group="resilience.plugins") if e.name == "trending"]
+assert ep.dist is not None and ep.dist.name == "resilience-trending", ep.dist
+POLICY = (
+    "version: 1\\n"
+    "settings: {plugins: {allow: ALLOW}}\\n"
+    "policies:\\n"
+    "  p:\\n"
+    "    chain: [{type: trending_region, timeout: 2ms}, unpersonalized]\\n"
+)
+for allow in ("[]", "[other]"):
+    try:
+        load_policies(POLICY.replace("ALLOW", allow))
+    except PolicyValidationError as exc:
+        assert "unknown tier type 'trending_region'" in str(exc), exc
+    else:
+        raise AssertionError(f"loaded with allow: {allow}")
+assert "resilience_trending" not in sys.modules, "imported without being allowed"
+events = RecordingSink()
+loaded = load_policies(POLICY.replace("ALLOW", "[trending]"), events=events)
+assert loaded.plugins.origin("trending_region") == "trending"
+(event,) = events.of("resilience.plugin.loaded")
+assert event["distribution"] == "resilience-trending", event
+assert event["step_types"] == ["trending_region"], event
+print("ok")
+"""
+
+
+def test_the_example_plugin_distribution_loads_through_its_entry_point_only_when_allowed() -> None:
+    """The example package (examples/trending_plugin), really installed by ``make setup``: its
+    entry point is found, and its module is imported only for a policy file that allows it.
+    In a fresh interpreter, so that no earlier test has imported it."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _EXAMPLE_PLUGIN_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
 
 
 class _TierWithLooseParams:

@@ -1,0 +1,229 @@
+"""A plugin step that raises, answers garbage, runs slow or blocks costs its own step only, as
+far as the ``isolation:`` its declaration chose can make it so: every kind, both isolations,
+``decide`` and ``adecide``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from resilience import (
+    Candidate,
+    Decision,
+    Engine,
+    Outcome,
+    PluginHost,
+    PolicyValidationError,
+    RequestContext,
+    load_policies,
+)
+from resilience.testing import RecordingSink, wait_for
+
+from .conftest import Stores
+from .plugin_fixtures import misbehaving
+from .plugin_fixtures import steps as fixture_steps
+
+CANDIDATES = (Candidate("a", 3.0, "shoes"), Candidate("b", 2.0, "books"), Candidate("c", 1.0))
+ABC = ["a", "b", "c"]
+CBA = ["c", "b", "a"]
+
+
+@pytest.fixture
+def host() -> PluginHost:
+    return PluginHost(extra=[fixture_steps, misbehaving], entry_points_=[])
+
+
+@pytest.fixture(autouse=True)
+def release_blocked_steps() -> Iterator[None]:
+    misbehaving.RELEASE.clear()
+    misbehaving.BLOCKED.clear()
+    yield
+    misbehaving.RELEASE.set()  # blocked bulkhead threads return, and their engine can close
+
+
+def policy(kind: str, behaviour: str, isolation: str, delay: str = "40ms") -> str:
+    """A policy with one misbehaving step ``bad`` of ``kind`` and good steps around it: the
+    tier ``fixed`` after a bad tier, and the post step ``after`` (reverses the list)."""
+    bad = (
+        f"{{type: misbehaving_{kind}, id: bad, behaviour: {behaviour}, "
+        f"delay: {float(delay.removesuffix('ms')) / 1000}, isolation: {isolation}}}"
+    )
+    guards = f"[{bad}]" if kind == "guard" else "[]"
+    chain = f"[{bad}, fixed, unpersonalized]" if kind == "tier" else "[fixed, unpersonalized]"
+    post = f"[{bad}, " if kind == "post" else "["
+    post += "{type: misbehaving_post, id: after}]"
+    return f"""
+version: 1
+default_policy: p
+policies:
+  p:
+    budget: 30ms
+    guards: {guards}
+    chain: {chain}
+    post: {post}
+"""
+
+
+def decide(engine: Engine, api: str) -> Decision:
+    request = RequestContext(user_id="u1", candidates=CANDIDATES)
+    if api == "sync":
+        return engine.decide(request)
+    return asyncio.run(engine.adecide(request))
+
+
+def items(decision: Decision) -> list[str]:
+    return [c.item_id for c in decision.candidates]
+
+
+# (kind, behaviour, delay) -> (outcome of bad, served, outcome of the next step, item order).
+# The next step: ``fixed`` after a bad tier or guard, ``after`` after a bad post step.
+EXPECTED: dict[tuple[str, str], tuple[Outcome, str, Outcome, list[str]]] = {
+    ("tier", "raise"): (Outcome.ERROR, "fixed", Outcome.OK, CBA),
+    ("tier", "garbage"): (Outcome.GARBAGE, "fixed", Outcome.OK, CBA),
+    # 15 ms of a 10 ms tier: too late, and 15 ms of the budget remain for the next one
+    ("tier", "slow"): (Outcome.TIMEOUT, "fixed", Outcome.OK, CBA),
+    ("tier", "block"): (Outcome.TIMEOUT, "fixed", Outcome.OK, CBA),
+    ("guard", "raise"): (Outcome.ERROR, "fixed", Outcome.OK, CBA),
+    # False is not a reason: the chain runs (it would otherwise switch everyone off)
+    ("guard", "garbage"): (Outcome.GARBAGE, "fixed", Outcome.OK, CBA),
+    # 40 ms of a 30 ms budget: its verdict is discarded, and nothing is left for the chain
+    ("guard", "slow"): (Outcome.TIMEOUT, "unpersonalized", Outcome.SKIPPED_BUDGET, ABC),
+    ("guard", "block"): (Outcome.TIMEOUT, "fixed", Outcome.OK, CBA),
+    ("post", "raise"): (Outcome.ERROR, "fixed", Outcome.OK, CBA),
+    ("post", "garbage"): (Outcome.GARBAGE, "fixed", Outcome.OK, CBA),
+    ("post", "slow"): (Outcome.TIMEOUT, "fixed", Outcome.SKIPPED_BUDGET, ABC),
+    ("post", "block"): (Outcome.TIMEOUT, "fixed", Outcome.OK, CBA),
+}
+
+CASES = [
+    pytest.param(kind, behaviour, isolation, id=f"{kind}-{behaviour}-{isolation}")
+    for (kind, behaviour) in EXPECTED
+    for isolation in ("inline", "bulkhead")
+    # an inline step that blocks holds the request: what inline means, and not testable
+    if not (behaviour == "block" and isolation == "inline")
+]
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize(("kind", "behaviour", "isolation"), CASES)
+def test_a_misbehaving_step_costs_its_own_step_only(
+    make_engine: Callable[..., Engine],
+    stores: Stores,
+    host: PluginHost,
+    kind: str,
+    behaviour: str,
+    isolation: str,
+    api: str,
+) -> None:
+    delay = "15ms" if kind == "tier" else "40ms"
+    engine = make_engine(policy(kind, behaviour, isolation, delay), stores.sync(), plugins=host)
+    decision = decide(engine, api)
+    bad, served, following, order = EXPECTED[kind, behaviour]
+    trace = decision.trace
+    assert trace.outcome_of("bad") is bad, trace
+    assert trace.served == served, trace
+    nxt = "after" if kind == "post" else "fixed"
+    assert trace.outcome_of(nxt) is following, trace
+    assert items(decision) == order, trace
+    if kind == "post":  # the chain before it was untouched
+        assert trace.outcome_of("fixed") is Outcome.OK
+    if behaviour == "block":
+        assert misbehaving.BLOCKED == ["bad"]  # it did start, and the request did not wait
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["tier", "guard", "post"])
+def test_a_full_step_bulkhead_refuses_at_once_until_its_calls_return(
+    make_engine: Callable[..., Engine],
+    stores: Stores,
+    host: PluginHost,
+    recording_sink: RecordingSink,
+    kind: str,
+    api: str,
+) -> None:
+    isolation = "{mode: bulkhead, max_concurrent: 1}"
+    engine = make_engine(policy(kind, "block", isolation), stores.sync(), plugins=host)
+    first = decide(engine, api)
+    assert first.trace.outcome_of("bad") is Outcome.TIMEOUT
+    second = decide(engine, api)  # the hung call holds the only slot
+    assert second.trace.outcome_of("bad") is Outcome.REJECTED, second.trace
+    assert second.trace.served == "fixed"
+    assert items(second) == CBA
+    (abandoned,) = recording_sink.of("resilience.bulkhead.abandoned")
+    assert abandoned["source"] == "p.bad"
+    (bad,) = (step for step in engine.steps("p") if step.step_id == "bad")
+    assert bad.isolated_by is not None
+    misbehaving.RELEASE.set()
+    assert wait_for(lambda: bad.isolated_by is not None and not bad.isolated_by.stats.in_flight, 5)
+    misbehaving.RELEASE.clear()
+    third = decide(engine, api)  # the slot is free again: the step is called (and hangs)
+    assert third.trace.outcome_of("bad") is Outcome.TIMEOUT
+
+
+def test_an_inline_step_is_a_plain_call_and_a_bulkhead_one_is_not(
+    make_engine: Callable[..., Engine], stores: Stores, host: PluginHost
+) -> None:
+    engine = make_engine(policy("tier", "ok", "inline"), stores.sync(), plugins=host)
+    (bad,) = (step for step in engine.steps("p") if step.step_id == "bad")
+    assert bad.isolated_by is None
+    assert engine.decide(RequestContext()).trace.served == "bad"
+
+
+def test_closing_the_engine_closes_the_step_bulkheads(
+    make_engine: Callable[..., Engine], stores: Stores, host: PluginHost
+) -> None:
+    engine = make_engine(policy("guard", "ok", "bulkhead"), stores.sync(), plugins=host)
+    assert engine.decide(RequestContext()).trace.outcome_of("bad") is Outcome.OK
+    (bad,) = (step for step in engine.steps("p") if step.step_id == "bad")
+    engine.close()
+    assert bad.isolated_by is not None
+    assert bad.isolated_by.stats.completed == 1
+    with pytest.raises(Exception, match="is full"):  # closed: refuses every call
+        bad.isolated_by.submit(lambda: None)
+
+
+def test_isolation_is_part_of_the_config_version(host: PluginHost) -> None:
+    def version(isolation: str) -> str:
+        return load_policies(policy("tier", "ok", isolation), plugins=host).policies["p"].version
+
+    plain = policy("tier", "ok", "inline").replace(", isolation: inline", "")
+    assert load_policies(plain, plugins=host).policies["p"].version == version("inline")
+    assert version("bulkhead") != version("inline")
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        ("{type: unpersonalized, isolation: bulkhead}", "terminal tier cannot run in a bulkhead"),
+        ("{type: fixed, isolation: threads}", "'inline' or 'bulkhead'"),
+        ("{type: fixed, isolation: {mode: inline, max_concurrent: 2}}", "bulkhead only"),
+        ("{type: fixed, isolation: {mode: bulkhead, timeout: 2ms}}", "its own timeout"),
+        ("{type: fixed, isolation: {mode: bulkhead, max_concurrent: 0}}", "at least 1"),
+        ("{type: fixed, isolation: {mode: bulkhead, size: 2}}", "unknown parameter 'size'"),
+        ("{type: fixed, isolation: [bulkhead]}", "expected a mapping"),
+    ],
+)
+def test_a_wrong_isolation_is_a_validation_error(host: PluginHost, step: str, message: str) -> None:
+    text = f"version: 1\npolicies:\n  p:\n    chain: [{step}, unpersonalized]\n"
+    if "unpersonalized," in step:
+        text = f"version: 1\npolicies:\n  p:\n    chain: [fixed, {step}]\n"
+    with pytest.raises(PolicyValidationError) as caught:
+        load_policies(text, plugins=host)
+    (issue,) = caught.value.issues
+    assert ".isolation" in issue.path
+    assert message in f"{issue.message} ({issue.hint})"
+
+
+def test_a_tier_reading_an_async_source_cannot_run_in_a_bulkhead(
+    make_engine: Callable[..., Engine], stores: Stores
+) -> None:
+    text = """
+version: 1
+policies:
+  p:
+    chain: [{type: profile_only, isolation: bulkhead}, unpersonalized]
+"""
+    with pytest.raises(PolicyValidationError, match="reads an async source"):
+        make_engine(text, stores.asyncio())
