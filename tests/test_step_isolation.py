@@ -43,12 +43,28 @@ def release_blocked_steps() -> Iterator[None]:
     misbehaving.RELEASE.set()  # blocked bulkhead threads return, and their engine can close
 
 
-def policy(kind: str, behaviour: str, isolation: str, delay: str = "40ms") -> str:
+def policy(kind: str, behaviour: str, isolation: str) -> str:
     """A policy with one misbehaving step ``bad`` of ``kind`` and good steps around it: the
-    tier ``fixed`` after a bad tier, and the post step ``after`` (reverses the list)."""
+    tier ``fixed`` after a bad tier, and the post step ``after`` (reverses the list).
+
+    The engine runs on the fake clock, but a bulkhead waits on the real one. So a step that
+    blocks is waited for briefly (a 10 ms tier, a guard or post step's default 5 ms): it never
+    returns, whatever the host's load. Every other step is waited for long (seconds), so that
+    its answer arrives on a loaded host too; ``slow`` then overruns on the fake clock (by
+    ``delay``): past a tier's timeout by half, past the whole budget for a guard or post step.
+    """
+    if behaviour == "block":
+        budget, timeout, delay = 0.030, 0.010, 0.0
+    else:
+        budget, timeout = 60.0, 20.0
+        delay = 30.0 if kind == "tier" else 70.0
+    if isolation == "bulkhead" and kind != "tier" and behaviour != "block":
+        isolation = f"{{mode: bulkhead, timeout: {timeout}s}}"
     bad = (
-        f"{{type: misbehaving_{kind}, id: bad, behaviour: {behaviour}, "
-        f"delay: {float(delay.removesuffix('ms')) / 1000}, isolation: {isolation}}}"
+        f"{{type: misbehaving_{kind}, id: bad, behaviour: {behaviour}, isolation: {isolation}"
+        + (f", timeout: {timeout}s" if kind == "tier" else "")
+        + (f", delay: {delay}" if delay else "")
+        + "}"
     )
     guards = f"[{bad}]" if kind == "guard" else "[]"
     chain = f"[{bad}, fixed, unpersonalized]" if kind == "tier" else "[fixed, unpersonalized]"
@@ -59,7 +75,7 @@ version: 1
 default_policy: p
 policies:
   p:
-    budget: 30ms
+    budget: {budget}s
     guards: {guards}
     chain: {chain}
     post: {post}
@@ -82,13 +98,13 @@ def items(decision: Decision) -> list[str]:
 EXPECTED: dict[tuple[str, str], tuple[Outcome, str, Outcome, list[str]]] = {
     ("tier", "raise"): (Outcome.ERROR, "fixed", Outcome.OK, CBA),
     ("tier", "garbage"): (Outcome.GARBAGE, "fixed", Outcome.OK, CBA),
-    # 15 ms of a 10 ms tier: too late, and 15 ms of the budget remain for the next one
+    # 30 s of a 20 s tier: too late, and 30 s of the 60 s budget remain for the next one
     ("tier", "slow"): (Outcome.TIMEOUT, "fixed", Outcome.OK, CBA),
     ("tier", "block"): (Outcome.TIMEOUT, "fixed", Outcome.OK, CBA),
     ("guard", "raise"): (Outcome.ERROR, "fixed", Outcome.OK, CBA),
     # False is not a reason: the chain runs (it would otherwise switch everyone off)
     ("guard", "garbage"): (Outcome.GARBAGE, "fixed", Outcome.OK, CBA),
-    # 40 ms of a 30 ms budget: its verdict is discarded, and nothing is left for the chain
+    # 70 s of a 60 s budget: its verdict is discarded, and nothing is left for the chain
     ("guard", "slow"): (Outcome.TIMEOUT, "unpersonalized", Outcome.SKIPPED_BUDGET, ABC),
     ("guard", "block"): (Outcome.TIMEOUT, "fixed", Outcome.OK, CBA),
     ("post", "raise"): (Outcome.ERROR, "fixed", Outcome.OK, CBA),
@@ -117,8 +133,7 @@ def test_a_misbehaving_step_costs_its_own_step_only(
     isolation: str,
     api: str,
 ) -> None:
-    delay = "15ms" if kind == "tier" else "40ms"
-    engine = make_engine(policy(kind, behaviour, isolation, delay), stores.sync(), plugins=host)
+    engine = make_engine(policy(kind, behaviour, isolation), stores.sync(), plugins=host)
     decision = decide(engine, api)
     bad, served, following, order = EXPECTED[kind, behaviour]
     trace = decision.trace
