@@ -39,8 +39,10 @@ sources:
 {extra}
 policies:
   p:
+    budget: 500ms
     chain:
-      - {{type: session, timeout: 10ms, profile_source: null}}
+      # 100 ms, not 10: a healthy read must succeed on a loaded host; a hung one is still cut
+      - {{type: session, timeout: 100ms, profile_source: null}}
       - unpersonalized
 """
 

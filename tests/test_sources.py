@@ -322,10 +322,15 @@ def test_a_timed_out_attempt_is_retried_on_the_real_clock() -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
-            await asyncio.sleep(10)  # hangs past its 5 ms share of the 10 ms timeout
+            await asyncio.sleep(10)  # hangs past its half of the tier's timeout
         return PROFILE
 
-    text = policy(RETRY.replace("attempts: 3", "attempts: 2"))
+    # 400 ms, not 10: on a loaded host the second attempt must still find time left to start
+    text = (
+        policy(RETRY.replace("attempts: 3", "attempts: 2"))
+        .replace("timeout: 10ms}", "timeout: 400ms}")
+        .replace("  p:\n", "  p:\n    budget: 1s\n")
+    )
     with real_engine(text, {"profile_store": store}) as engine:
         decision = asyncio.run(engine.adecide(USER))
     assert calls == 2
