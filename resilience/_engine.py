@@ -289,13 +289,15 @@ def _run_sync(
         outcome, detail = _failure(exc)
         return outcome, detail, None, now() - t0
     elapsed = now() - t0
-    outcome, detail = _classify(result, elapsed, timeout)
+    outcome, detail = _classify(tier, result, elapsed, timeout)
     return outcome, detail, result, elapsed
 
 
-def _classify(result: object, elapsed: float, timeout: float) -> tuple[Outcome, str]:
-    """The outcome of a tier that returned ``result`` after ``elapsed`` seconds."""
-    if elapsed > timeout:
+def _classify(tier: Tier, result: object, elapsed: float, timeout: float) -> tuple[Outcome, str]:
+    """The outcome of ``tier``, which returned ``result`` after ``elapsed`` seconds."""
+    if elapsed > timeout and not tier.terminal:
+        # The terminal tier is never late: it is the answer of last resort, and a thread
+        # preempted or a collection run during its call must not leave the request with none.
         return _TIMEOUT, f"returned after {elapsed * 1e3:.1f}ms"
     if result is None:
         return _MISS, ""
@@ -708,6 +710,9 @@ class Engine:
         # What the successor took over stays; the successor may itself have been replaced
         # since, but it keeps what it took until its own retirement.
         old.retire(successor)
+        self._stats.retire(
+            layout for compiled in old.compiled.values() for layout in compiled.layouts.values()
+        )
 
     def watch(
         self,
@@ -778,9 +783,10 @@ class Engine:
             plan = self._plans.get(request.policy or "")
             if plan is None or self._closed:
                 return self._no_plan(request, start, plan)
-            deadline, records, tiers, reason, group = self._begin(plan, request, start)
+            # Set before the guards: every step of a policy in shadow runs knowing it.
             shadowing = IN_SHADOW.set(True) if plan.shadow else None
             try:
+                deadline, records, tiers, reason, group = self._begin(plan, request, start)
                 now = self._now
                 served: Tier | None = None
                 signals: Signals | None = None
@@ -823,14 +829,14 @@ class Engine:
             plan = self._plans.get(request.policy or "")
             if plan is None or self._closed:
                 return self._no_plan(request, start, plan)
-            offloads = plan.offloads
-            deadline, records, tiers, reason, group = self._begin(
-                plan, request, start, guards=not offloads
-            )
-            if offloads and reason is None and plan.guards:
-                tiers, reason = await self._aguards(plan, request, deadline, records)
             shadowing = IN_SHADOW.set(True) if plan.shadow else None
             try:
+                offloads = plan.offloads
+                deadline, records, tiers, reason, group = self._begin(
+                    plan, request, start, guards=not offloads
+                )
+                if offloads and reason is None and plan.guards:
+                    tiers, reason = await self._aguards(plan, request, deadline, records)
                 now = self._now
                 served: Tier | None = None
                 signals: Signals | None = None
@@ -866,7 +872,7 @@ class Engine:
                             STEP_DEADLINE.reset(marker)
                             if task is not None and task.cancelling():
                                 self._raise_cancelled(plan, request, start, records)
-                            outcome, detail = _classify(result, now() - t0, timeout)
+                            outcome, detail = _classify(tier, result, now() - t0, timeout)
                     else:
                         outcome, detail, result, _ = _run_sync(tier, request, timeout, t0, now)
                     records.append(

@@ -26,7 +26,10 @@ it runs, and a plugin cannot opt out of it.
 
 from __future__ import annotations
 
-from typing import Literal
+import concurrent.futures
+import contextvars
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +38,8 @@ from ._durations import Duration
 from .events import EventSink
 
 __all__ = ["INLINE", "StepBulkhead", "StepIsolation"]
+
+T = TypeVar("T")
 
 
 class StepIsolation(BaseModel):
@@ -93,3 +98,11 @@ class StepBulkhead(Bulkhead):
         #: seconds a request waits for a guard or post step at most (a tier: unbounded here,
         #: since its slot already bounds it)
         self.wait: float = float("inf") if tier else (isolation.timeout or DEFAULT_WAIT)
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        """As :meth:`Bulkhead.submit`, in a copy of the caller's context: the step reads the
+        request's context variables (``IN_SHADOW``: a policy in shadow writes no shared state)
+        on its worker thread as it would inline."""
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)

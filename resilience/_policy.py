@@ -625,6 +625,14 @@ class _Checker:
                 "set 'timeout:' on the step itself, not under 'isolation:'",
             )
             return None
+        refusal = getattr(step_type, "bulkhead_refusal", None)
+        if isolation.bulkhead and refusal:
+            self.add(
+                where,
+                f"step type {step_type.name!r} cannot run in a bulkhead: {refusal}",
+                "remove 'isolation:' from it",
+            )
+            return None
         if isolation.bulkhead and getattr(step_type, "terminal", False):
             self.add(
                 where,

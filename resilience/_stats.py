@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -136,7 +137,16 @@ class Layout:
         buckets: the number of histogram bounds.
     """
 
-    __slots__ = ("histogram", "policy", "served", "shadow", "steps", "tiers", "width")
+    __slots__ = (
+        "__weakref__",
+        "histogram",
+        "policy",
+        "served",
+        "shadow",
+        "steps",
+        "tiers",
+        "width",
+    )
 
     def __init__(
         self, policy: str, steps: Sequence[str], tiers: Sequence[str], shadow: bool, buckets: int
@@ -202,6 +212,8 @@ class DecisionStats:
         self._lock = threading.Lock()  # guards the shard list and the folded totals, never a count
         self._shards: list[_Shard] = []
         self._folded = _Shard(None)
+        #: layouts of builds a reload replaced: their rows are folded into counts by name
+        self._retired: weakref.WeakSet[Layout] = weakref.WeakSet()
 
     def layout(
         self, policy: str, steps: Sequence[str], tiers: Sequence[str], shadow: bool
@@ -226,7 +238,7 @@ class DecisionStats:
             rows = self._new_shard().rows
         row = rows.get(layout)
         if row is None:
-            row = rows[layout] = [0] * layout.width
+            row = self._first_row(rows, layout)
         try:
             row[layout.served[served] + _REASONS[reason]] += 1
             steps = layout.steps
@@ -240,6 +252,28 @@ class DecisionStats:
             return
         row[layout.histogram + bisect_left(self.bounds_us, used)] += 1
         row[-1] += used
+
+    def _first_row(self, rows: dict[Layout, list[int]], layout: Layout) -> list[int]:
+        """A new row for ``layout`` in this thread's shard, whose ``rows`` are passed.
+
+        Rare (once per thread and build), so it is where a thread folds the rows of retired
+        builds into its counts by name: a service that reloads for months must not keep a row
+        per reload per thread. Under the lock, so that a scrape sees each count once, in a row
+        or by name; no other thread writes this shard."""
+        shard: _Shard = self._local.shard
+        with self._lock:
+            retired = self._retired
+            for old in [known for known in rows if known in retired]:
+                old.unpack(rows.pop(old), shard)
+            row = rows[layout] = [0] * layout.width
+        return row
+
+    def retire(self, layouts: Iterable[Layout]) -> None:
+        """``layouts`` will count no more decisions (their build was replaced); each thread
+        folds its rows of them into counts by name when it next starts a row."""
+        with self._lock:
+            for layout in layouts:
+                self._retired.add(layout)
 
     def count_unplanned(self, trace: Trace) -> None:
         """Count a decision that reached no plan (an unknown policy, a closed engine, an
@@ -296,6 +330,7 @@ class DecisionStats:
         self._shards = []
         self._folded = _Shard(None)
         self._local = threading.local()
+        self._retired = weakref.WeakSet()
 
 
 def bound_label(micros: int) -> str:

@@ -215,6 +215,12 @@ class Step:
     kind: ClassVar[StepKind]
     Params: ClassVar[type[StepParams]] = StepParams
 
+    #: Why this step type cannot run in a bulkhead (``isolation: bulkhead`` is then a
+    #: validation error with this reason); ``None``: it can. Set it when a step carries
+    #: per-request state between its calls in the caller's thread or task, which a worker
+    #: thread would not share back.
+    bulkhead_refusal: ClassVar[str | None] = None
+
     #: The bulkhead the engine runs this step on (``isolation: bulkhead`` in its declaration),
     #: set by the engine after the step is built; ``None``: a plain call. Not for the step.
     isolated_by: StepBulkhead | None = None

@@ -18,6 +18,7 @@ from resilience import (
     Reason,
     RequestContext,
     Signals,
+    load_policies,
 )
 from resilience.testing import FakeClock, RecordingSink
 
@@ -696,3 +697,34 @@ def test_closed_and_internal_error_traces_carry_the_config_version(
     assert engine.decide(RequestContext(time_left="x")).trace.config_version == version  # type: ignore[arg-type]
     engine.close()
     assert engine.decide(RETURNING).trace.config_version == version
+
+
+class _SteppingClock:
+    """Every reading 2 ms after the last: as if the thread were preempted between any two."""
+
+    def __init__(self) -> None:
+        self.t = 1_000.0
+
+    def monotonic(self) -> float:
+        self.t += 0.002
+        return self.t
+
+    def wall(self) -> float:
+        return 1.7e9
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_the_terminal_tier_serves_even_when_its_call_overran(api: str) -> None:
+    """Found by the chaos soak: a preemption or a collection during the terminal tier's call
+    recorded it as ``timeout``, and the request was served by nothing."""
+    from resilience import NullSink
+
+    text = "version: 1\ndefault_policy: p\npolicies:\n  p:\n    chain: [unpersonalized]\n"
+    engine = Engine(load_policies(text), {}, clock=_SteppingClock(), events=NullSink())
+    try:
+        request = RequestContext(user_id="u1")
+        decision = engine.decide(request) if api == "sync" else asyncio.run(engine.adecide(request))
+    finally:
+        engine.close()
+    assert decision.trace.served == "unpersonalized", decision.trace
+    assert decision.trace.outcome_of("unpersonalized") is Outcome.OK

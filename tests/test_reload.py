@@ -447,3 +447,48 @@ def test_a_change_to_settings_flags_never_flips_a_flag_it_cannot_read_again(
         assert wait_for(lambda: engine.flags.get("search").source == "policy", 30)
     finally:
         engine.close()
+
+
+def test_reloads_for_months_hold_no_more_memory_than_one() -> None:
+    """Found by the chaos soak: every reload left a row of counts per counting thread (the
+    metrics' per-build layout) and a context variable (the error-rate guard's ticket), about
+    two objects per reload, forever. Alternating two texts must hold steady."""
+    import gc
+
+    from resilience import NullSink
+    from resilience.testing import wait_for
+
+    text = """
+version: 1
+default_policy: p
+policies:
+  p:
+    budget: BUDGET
+    guards: [error_rate]
+    chain: [unpersonalized]
+"""
+    engine = Engine(
+        load_policies(text.replace("BUDGET", "30ms")), {}, retire_after=0.0, events=NullSink()
+    )
+
+    def reload(times: int) -> None:
+        for n in range(times):
+            assert engine.reload(text.replace("BUDGET", ("25ms", "30ms")[n % 2])).ok
+            engine.decide(RequestContext(user_id="u1"))
+        # every replaced build retired (a timer each), then one more row folds them all
+        assert wait_for(lambda: not engine._retiring, 5)
+        engine.decide(RequestContext(user_id="u1"))
+
+    try:
+        reload(20)
+        gc.collect()
+        before = len(gc.get_objects())
+        reload(200)
+        gc.collect()
+        grown = len(gc.get_objects()) - before
+        totals = engine.stats()
+    finally:
+        engine.close()
+    assert grown < 50, f"{grown} objects more after 200 reloads"
+    # and the retired builds' counts were kept, by name: 20 + 1 + 200 + 1 decisions
+    assert sum(totals.decisions.values()) == 222

@@ -242,3 +242,33 @@ policies:
 """
     with pytest.raises(PolicyValidationError, match="reads an async source"):
         make_engine(text, stores.asyncio())
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["tier", "guard", "post"])
+def test_a_step_in_a_bulkhead_sees_the_request_s_context(
+    make_engine: Callable[..., Engine], stores: Stores, host: PluginHost, kind: str, api: str
+) -> None:
+    """On its worker thread a step reads the request's context variables, as inline: a policy
+    in shadow must write no shared state from a bulkhead either."""
+    text = policy(kind, "ok", "bulkhead").replace("  p:\n", "  p:\n    mode: shadow\n")
+    engine = make_engine(text, stores.sync(), plugins=host)
+    misbehaving.SAW_SHADOW.clear()
+    decision = decide(engine, api)
+    assert decision.trace.shadow
+    assert misbehaving.SAW_SHADOW and all(misbehaving.SAW_SHADOW), misbehaving.SAW_SHADOW
+
+
+def test_a_step_type_can_refuse_the_bulkhead(host: PluginHost) -> None:
+    text = """
+version: 1
+policies:
+  p:
+    guards: [{type: error_rate, isolation: bulkhead}]
+    chain: [fixed, unpersonalized]
+"""
+    with pytest.raises(PolicyValidationError) as caught:
+        load_policies(text, plugins=host)
+    (issue,) = caught.value.issues
+    assert issue.path == "policies.p.guards[0].isolation"
+    assert "'error_rate' cannot run in a bulkhead" in issue.message

@@ -91,14 +91,19 @@ class ErrorRateGuard(Guard):
 
     name = "error_rate"
     Params = ErrorRateParams
+    bulkhead_refusal = (
+        "check() hands observe() the request's ticket in the caller's context, which a worker "
+        "thread does not share back; the guard computes on memory and needs no bulkhead"
+    )
 
     def __init__(self, params: StepParams, context: BuildContext) -> None:
         super().__init__(params, context)
         assert isinstance(params, ErrorRateParams)
         # Shared under the guard's identity and parameters: a reload that leaves this guard
         # unchanged hands the new build the same window, so its error rate is not reset.
+        key = ("error_rate", context.policy, self.step_id, params.model_dump_json())
         self._breaker = context.shared(
-            ("error_rate", context.policy, self.step_id, params.model_dump_json()),
+            key,
             lambda: CircuitBreaker(
                 f"{context.policy}.{self.step_id}",
                 BreakerOptions(
@@ -123,8 +128,10 @@ class ErrorRateGuard(Guard):
         self._personalized = frozenset(tiers[:-1])
         self._post = frozenset(s for s, k in context.steps.items() if k is StepKind.POST)
         # check() and observe() of one request run in the same thread or task: the ticket
-        # travels between them in a context variable.
-        self._ticket: ContextVar[int | None] = ContextVar(f"ticket_{id(self)}", default=None)
+        # travels between them in a context variable, one per breaker (its key), reused by
+        # every build that shares the breaker: each thread's context keeps an entry per
+        # variable it ever set, so a variable per build grew every thread by one per reload.
+        self._ticket = _ticket_variable(key)
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -178,3 +185,19 @@ class ErrorRateGuard(Guard):
             self._breaker.release(ticket)  # nothing personal to serve: neither way
             return
         self._breaker.record(ticket, failed=failed, slow=False)
+
+
+#: a breaker's shared key -> the context variable carrying its tickets; bounded by the guard
+#: configurations a service ever ran, not by its reloads. (A ticket is only ever given back to
+#: the breaker that issued it: a new breaker gets a new variable.)
+_TICKETS: dict[tuple[str, ...], ContextVar[int | None]] = {}
+
+
+def _ticket_variable(key: tuple[str, ...]) -> ContextVar[int | None]:
+    found = _TICKETS.get(key)
+    if found is None:
+        # setdefault: two builds racing for the same key agree on one variable
+        found = _TICKETS.setdefault(
+            key, ContextVar(f"resilience_error_rate_ticket_{key[1]}_{key[2]}", default=None)
+        )
+    return found

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from resilience import (
+    IN_SHADOW,
     BuildContext,
     Candidate,
     RequestContext,
@@ -39,6 +40,8 @@ Behaviour = Literal["ok", "raise", "garbage", "slow", "block"]
 RELEASE = threading.Event()
 #: Every step that started blocking, so a test can wait until one is stuck.
 BLOCKED: list[str] = []
+#: ``IN_SHADOW`` as each step saw it when called (the request's, on whatever thread).
+SAW_SHADOW: list[bool] = []
 
 
 class MisbehavingParams(StepParams):
@@ -62,6 +65,7 @@ class _Misbehaviour:
 
     def before_answer(self) -> bool:
         """Misbehave; ``True`` when the caller should answer with garbage."""
+        SAW_SHADOW.append(IN_SHADOW.get())
         behaviour = self.behaviour
         if behaviour == "raise":
             raise RuntimeError(f"{self.step_id}: plugin bug")
