@@ -1,7 +1,9 @@
 """Usage: ``python -m benchmarks [SUITE] [--quick] [--json PATH] [--check]``.
 
 SUITE: ``speed`` (the default), ``faults``, ``fleet``, ``flags``, ``ranking``,
-``observability`` or ``hostile`` (how long each hostile policy file takes to be refused);
+``observability``, ``hostile`` (how long each hostile policy file takes to be refused) or
+``soak`` (the chaos soak, docs/chaos-soak.md: ``--seconds N --seed S``; ``--json -`` prints the
+results as JSON instead of the report; exit 1 when a bound is missed);
 ``python -m benchmarks profile --help``: a pyinstrument profile of a decision.
 
 Without a suite name: the performance suite of docs/performance.md, every figure a ratio of
@@ -39,6 +41,7 @@ from . import (
     post_steps,
     ranking,
     scale,
+    soak,
     throughput,
 )
 from .targets import check_targets
@@ -99,6 +102,23 @@ def _faults(args: argparse.Namespace) -> int:
     return 0
 
 
+def _soak(args: argparse.Namespace) -> int:
+    seconds = args.seconds if args.seconds is not None else (2.5 if args.quick else 60.0)
+    results = {
+        "python": platform.python_version(),
+        "quick": args.quick,
+        **soak.run(seconds=seconds, seed=args.seed),
+    }
+    if args.json is not None and str(args.json) == "-":
+        print(json.dumps(results, indent=2))
+    else:
+        print(soak.report(results), flush=True)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if results["passed"] else 1
+
+
 def _observability(args: argparse.Namespace) -> int:
     results = {
         "python": platform.python_version(),
@@ -139,20 +159,42 @@ def main() -> int:
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=("speed", "faults", "fleet", "flags", "ranking", "observability", "hostile"),
+        choices=(
+            "speed",
+            "faults",
+            "fleet",
+            "flags",
+            "ranking",
+            "observability",
+            "hostile",
+            "soak",
+        ),
         default="speed",
         help="speed (default): ratios against hand-written code; faults: the fault drill "
         "against a real redis-server; fleet: fleet breakers across processes; flags: a kill "
         "switch flipped in Redis reaching two processes; ranking: "
         "exploration on the synthetic population, and post-step cost; observability: the "
-        "cost of metrics and events per decision",
+        "cost of metrics and events per decision; soak: the chaos soak (exit 1 when a bound is "
+        "missed)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="also write the results here (soak: - prints them instead of the report)",
+    )
     parser.add_argument(
         "--check", action="store_true", help="exit 1 when a target of the speed suite is missed"
     )
+    parser.add_argument(
+        "--seconds", type=float, help="soak: seconds of chaos (default 60; --quick: 2.5)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1, help="soak: seeds the chaos schedule (default 1)"
+    )
     args = parser.parse_args()
+    if args.suite == "soak":
+        return _soak(args)
     if args.suite == "faults":
         return _faults(args)
     if args.suite == "hostile":
