@@ -95,8 +95,9 @@ def test_threads_descriptors_and_connections_are_back_after_close(
 ) -> None:
     resources = soak_run["resources"]
     base, after = resources["baseline"], resources["after"]
-    assert after["threads"] == base["threads"]
-    assert after["os_threads"] == base["os_threads"]
+    # none alive that was not before (earlier tests' threads may have ended meanwhile)
+    assert set(after["thread_ids"]) <= set(base["thread_ids"])
+    assert set(after["os_thread_ids"]) <= set(base["os_thread_ids"])
     assert after["fds"] <= base["fds"] + 2
     assert after["redis_clients"] == 0
     assert [s["share"] for s in resources["run"]] == [0.25, 0.5, 0.75, 1.0]
@@ -114,7 +115,7 @@ def test_the_bounds_can_be_missed(soak_run: dict[str, Any]) -> None:
         "chaos_problems": lambda r: r["chaos"]["problems"].append("refused a valid reload"),
         "internal_errors": lambda r: r["events"].update({"resilience.engine.internal_error": 1}),
         "recovered": lambda r: r["drill"].update(recovered_s=None),
-        "threads": lambda r: r["resources"]["after"].update(threads=99),
+        "threads": lambda r: r["resources"]["after"]["thread_ids"].append(-1),
         "fds": lambda r: r["resources"]["after"].update(fds=10_000),
         "redis_clients": lambda r: r["resources"]["after"].update(redis_clients=1),
         "rss_growth": lambda r: r["resources"]["run"][-1].update(rss_mib=10_000.0),
