@@ -22,6 +22,7 @@ import math
 import os
 import random
 import threading
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -253,6 +254,24 @@ def _slot(tier: Tier, left: float) -> float | None:
     if tier.terminal:  # needs no data and cannot fail: it runs on an empty budget
         return tier.timeout
     return None
+
+
+def _read(request: object, attribute: str, default: Any) -> Any:
+    """``request.attribute``, or ``default`` when reading it fails in any way."""
+    try:
+        return getattr(request, attribute, default)
+    except Exception:
+        return default
+
+
+def _bug(exc: BaseException) -> str:
+    """A bug, named for an event: its type and where it was raised, never its message, which
+    may quote request data (a user id in a ``KeyError``)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    return f"{type(exc).__name__} at {os.path.basename(last.filename)}:{last.lineno} in {last.name}"
 
 
 def _failed(step: Step, exc: BaseException, t0: float, t1: float) -> StepRecord:
@@ -1084,7 +1103,7 @@ class Engine:
             self._events.emit(
                 ENGINE_INTERNAL_ERROR,
                 policy=plan.name,
-                error=f"observer failed: {type(exc).__name__}: {exc}",
+                error=f"observer failed: {_bug(exc)}",
             )
 
     def _post(
@@ -1169,20 +1188,19 @@ class Engine:
         return Decision(None, request.candidates, trace)
 
     def _internal_error(self, request: object, exc: Exception) -> Decision:
-        # The request itself may be what is broken: read it defensively.
-        name = getattr(request, "policy", None) or self.policies.default_policy or ""
+        # The request itself may be what is broken (a property that raises): read it defensively.
+        name = _read(request, "policy", None) or self.policies.default_policy or ""
         if not isinstance(name, str):
-            name = repr(name)
+            name = type(name).__name__
         with contextlib.suppress(Exception):  # a broken sink must not turn a bug into a crash
-            self._events.emit(
-                ENGINE_INTERNAL_ERROR, policy=name, error=f"{type(exc).__name__}: {exc}"
-            )
+            self._events.emit(ENGINE_INTERNAL_ERROR, policy=name, error=_bug(exc))
         plan = self._plans.get(name)
-        candidates = getattr(request, "candidates", ())
+        candidates = _read(request, "candidates", ())
+        request_id = _read(request, "request_id", "")
         trace = Trace(
             name,
             plan.version if plan is not None else "",
-            str(getattr(request, "request_id", "")),
+            request_id if isinstance(request_id, str) else "",
             "",
             Reason.INTERNAL_ERROR,
             (),
@@ -1265,6 +1283,10 @@ class Engine:
         seen: set[int] = set()
         for compiled in generation.compiled.values():
             for step in (*compiled.guards, *compiled.tiers, *compiled.post):
+                if step.isolated_by is not None:
+                    out += _step_bulkhead_readings(
+                        compiled.policy.name, step.step_id, step.isolated_by.stats
+                    )
                 if id(step) in seen or type(step).readings is Step.readings:
                     continue
                 seen.add(id(step))
@@ -1537,6 +1559,15 @@ def _bulkhead_readings(source: str, stats: BulkheadStats) -> list[Reading]:
         Reading("resilience_bulkhead_max_concurrent", float(stats.max_concurrent), labels),
         Reading("resilience_bulkhead_rejected_total", float(stats.rejected), labels),
         Reading("resilience_bulkhead_abandoned_total", float(stats.abandoned), labels),
+    ]
+
+
+def _step_bulkhead_readings(policy: str, step: str, stats: BulkheadStats) -> list[Reading]:
+    labels = {"policy": policy, "step": step}
+    return [
+        Reading("resilience_step_bulkhead_in_flight", float(stats.in_flight), labels),
+        Reading("resilience_step_bulkhead_rejected_total", float(stats.rejected), labels),
+        Reading("resilience_step_bulkhead_abandoned_total", float(stats.abandoned), labels),
     ]
 
 

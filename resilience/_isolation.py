@@ -46,7 +46,7 @@ class StepIsolation(BaseModel):
     """A step's ``isolation:``: ``inline``, ``bulkhead``, or the mapping form
     ``{mode: bulkhead, max_concurrent: 4}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
 
     mode: Literal["inline", "bulkhead"] = Field(
         default="inline",

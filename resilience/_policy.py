@@ -84,7 +84,7 @@ MODES_OF_TIER = frozenset({Mode.ON, Mode.OFF})
 class _Strict(BaseModel):
     # strict: YAML already typed every value; "yes", "3" or 5.0 where a number, a whole number
     # or a bool is meant are mistakes to report, not to coerce.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
 
 
 class PluginSettings(_Strict):

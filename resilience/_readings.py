@@ -128,6 +128,20 @@ METRICS: dict[str, MetricSpec] = {
     "resilience_bulkhead_abandoned_total": MetricSpec(
         "counter", ("source",), "Calls whose caller stopped waiting while the call ran on."
     ),
+    "resilience_step_bulkhead_in_flight": MetricSpec(
+        "gauge",
+        ("policy", "step"),
+        "Calls holding a slot of a step's bulkhead (isolation: bulkhead), abandoned ones "
+        "still running included.",
+    ),
+    "resilience_step_bulkhead_rejected_total": MetricSpec(
+        "counter", ("policy", "step"), "Calls of a step its full bulkhead refused."
+    ),
+    "resilience_step_bulkhead_abandoned_total": MetricSpec(
+        "counter",
+        ("policy", "step"),
+        "Calls of a step whose request stopped waiting while the call ran on in its thread.",
+    ),
     "resilience_window_impressions": MetricSpec(
         "gauge",
         ("policy", "tier", "group"),

@@ -80,7 +80,7 @@ SourceFunction = Callable[..., Any] | Store
 class SourceOptions(BaseModel):
     """``sources.NAME``: how one source is protected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
 
     isolation: Literal["inline", "bulkhead"] = Field(
         default="inline",

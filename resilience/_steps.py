@@ -79,7 +79,7 @@ class StepParams(BaseModel):
     a bool or a whole number is meant are mistakes to report, not to coerce.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
 
     def advice(self) -> list[str]:
         """Things valid but unusual about these parameters; ``resilience validate`` prints each

@@ -728,3 +728,32 @@ def test_the_terminal_tier_serves_even_when_its_call_overran(api: str) -> None:
         engine.close()
     assert decision.trace.served == "unpersonalized", decision.trace
     assert decision.trace.outcome_of("unpersonalized") is Outcome.OK
+
+
+class _HostileRequest:
+    """A request whose every attribute raises, quoting a user id in its message."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise KeyError(f"user-7f3a-{name}")
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_request_whose_attributes_raise_gets_an_answer_and_its_message_goes_nowhere(
+    api: str,
+) -> None:
+    """The engine never raises, not even on a request object that raises on every read; and
+    the event naming the bug gives its type and place, never its message (which may quote
+    request data)."""
+    sink = RecordingSink()
+    text = "version: 1\ndefault_policy: p\npolicies:\n  p:\n    chain: [unpersonalized]\n"
+    engine = Engine(load_policies(text), {}, events=sink)
+    hostile: Any = _HostileRequest()
+    try:
+        decision = engine.decide(hostile) if api == "sync" else asyncio.run(engine.adecide(hostile))
+    finally:
+        engine.close()
+    assert decision.trace.reason is Reason.INTERNAL_ERROR
+    assert decision.candidates == ()
+    (event,) = sink.of("resilience.engine.internal_error")
+    assert event["error"].startswith("KeyError at test_engine.py:")
+    assert "7f3a" not in repr(sink.events)

@@ -170,6 +170,14 @@ def test_a_full_step_bulkhead_refuses_at_once_until_its_calls_return(
     assert abandoned["source"] == "p.bad"
     (bad,) = (step for step in engine.steps("p") if step.step_id == "bad")
     assert bad.isolated_by is not None
+    readings = {
+        r.name: r.value for r in engine.readings() if r.labels == {"policy": "p", "step": "bad"}
+    }
+    assert readings == {
+        "resilience_step_bulkhead_in_flight": 1.0,
+        "resilience_step_bulkhead_rejected_total": 1.0,
+        "resilience_step_bulkhead_abandoned_total": 1.0,
+    }
     misbehaving.RELEASE.set()
     assert wait_for(lambda: bad.isolated_by is not None and not bad.isolated_by.stats.in_flight, 5)
     misbehaving.RELEASE.clear()
