@@ -28,6 +28,7 @@ from ._errors import (
     ResilienceError,
     SourceBindingError,
 )
+from ._exposure import user_hash
 from ._flag_feed import FeedSnapshot, FlagFeed, FlagRecord
 from ._flag_settings import FlagSettings
 from ._flags import PRECEDENCE, EnvFlagFeed, FlagError, Flags, FlagSpec, FlagState, SourceHealth
@@ -67,6 +68,7 @@ from ._readings import (
 )
 from ._redis import RedisOptions, RedisSessionStore, SessionFormat, decode_session
 from ._retry import RetryOptions
+from ._secrets import RedisConnection
 from ._sources import BoundSource, MemorySource, SourceFunction, SourceOptions, Store
 from ._stats import DEFAULT_DURATION_BUCKETS, DecisionTotals, MetricsSettings
 from ._steps import (
@@ -147,6 +149,7 @@ __all__ = [
     "PostStep",
     "Reading",
     "Reason",
+    "RedisConnection",
     "RedisOptions",
     "RedisSessionStore",
     "ReloadResult",
@@ -190,4 +193,5 @@ __all__ = [
     "parse_duration",
     "register_event",
     "register_metric",
+    "user_hash",
 ]

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import pybreaker
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ._clock import Clock
 from ._durations import Duration
@@ -80,7 +80,7 @@ BREAKER_CLOSED = register_event(
 class BreakerOptions(BaseModel):
     """A breaker as declared in YAML (``sources.NAME.breaker`` or a guard's ``breaker``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
 
     window: Literal["count", "time"] = Field(
         default="count", description="count: the last `size` calls; time: the last `duration`."
@@ -92,7 +92,10 @@ class BreakerOptions(BaseModel):
         default=0.5, ge=0, le=1, description="Open when the failure share exceeds this."
     )
     minimum_calls: int = Field(
-        default=20, ge=1, description="Calls the window must hold before it may open."
+        default=20,
+        ge=1,
+        validate_default=True,
+        description="Calls the window must hold before it may open.",
     )
     slow_call_rate: float = Field(
         default=1.0, ge=0, le=1, description="Open when the slow share exceeds this (1: never)."
@@ -115,14 +118,19 @@ class BreakerOptions(BaseModel):
         description="Share counts and state with other processes through Redis; null: local.",
     )
 
-    @model_validator(mode="after")
-    def _minimum_fits_window(self) -> BreakerOptions:
-        if self.window == "count" and self.minimum_calls > self.size:
+    # A field validator, not a model one: pydantic shows a failed validator's input in the
+    # error's text, and a model validator's input is the whole mapping, a fleet URL with its
+    # password included, whatever model this one is nested in.
+    @field_validator("minimum_calls")
+    @classmethod
+    def _minimum_fits_window(cls, minimum_calls: int, info: ValidationInfo) -> int:
+        size = info.data.get("size")
+        if info.data.get("window") == "count" and size is not None and minimum_calls > size:
             raise ValueError(
-                f"minimum_calls ({self.minimum_calls}) is above the window size ({self.size}), "
+                f"minimum_calls ({minimum_calls}) is above the window size ({size}), "
                 "so it could never open; lower minimum_calls or raise size"
             )
-        return self
+        return minimum_calls
 
 
 class BreakerSnapshot(NamedTuple):

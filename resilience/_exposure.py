@@ -22,50 +22,113 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TextIO
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol, TextIO
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_serializer,
+)
 
 from ._fork import follow_forks, forget_forks
 from ._holdout import bucket as holdout_bucket
 from ._holdout import salted_digest
 from ._model import Candidate
+from ._secrets import REDACTED, read_secret_file
 from ._trace import Trace
 
 __all__ = ["ExposureLog", "ExposureSettings", "ExposureSink", "JsonLinesSink", "user_hash"]
 
 
 class ExposureSettings(BaseModel):
-    """``settings.exposures``: where exposure and click records go."""
+    """``settings.exposures``: where exposure and click records go.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    The salt is a secret: whoever has it can hash guessed user ids and find them in the log.
+    So it is shown as ``***`` (``repr``, the dump that ``resilience explain`` prints and file
+    versions hash), and ``resilience validate`` warns when the policy file holds it.
+    """
+
+    # No input in error messages: it would show the salt.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
+
+    #: the key :meth:`advice` is about, for the line ``resilience validate`` names
+    ADVICE_AT: ClassVar[str] = "user_salt"
 
     path: str = Field(min_length=1, description="JSON Lines file the records are appended to.")
     user_salt: str | None = Field(default=None, description="Salt of the user hash.")
     user_salt_env: str | None = Field(
         default=None, description="Environment variable holding the salt (keeps it out)."
     )
+    user_salt_file: str | None = Field(
+        default=None,
+        min_length=1,
+        validate_default=True,
+        description="Or a file holding it (a mounted secret; one trailing newline dropped).",
+    )
     capacity: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Records queued at most; more are dropped."
     )
 
-    @model_validator(mode="after")
-    def _one_salt(self) -> ExposureSettings:
-        if (self.user_salt is None) == (self.user_salt_env is None):
+    # A field validator, not a model one: a failed model validator shows its whole input,
+    # the salt included, in its error's text.
+    @field_validator("user_salt_file")
+    @classmethod
+    def _one_salt(cls, user_salt_file: str | None, info: ValidationInfo) -> str | None:
+        given = [
+            info.data.get("user_salt"),
+            info.data.get("user_salt_env"),
+            user_salt_file,
+        ]
+        if sum(value is not None for value in given) != 1:
             raise ValueError(
-                "the user hash needs a salt; give exactly one of user_salt and user_salt_env"
+                "the user hash needs a salt; give exactly one of user_salt and user_salt_env "
+                "(or user_salt_file)"
             )
-        return self
+        return user_salt_file
+
+    @field_serializer("user_salt")
+    def _masked(self, salt: str | None) -> str | None:
+        return None if salt is None else REDACTED
+
+    @model_serializer(mode="wrap")
+    def _without_unset_file(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Left out while unset: a file version hashes the dump, and a declaration without it
+        # keeps the version it had before the key existed.
+        dumped = handler(self)
+        if isinstance(dumped, dict) and dumped.get("user_salt_file", "") is None:
+            del dumped["user_salt_file"]
+        return dumped
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, REDACTED if name == "user_salt" and value is not None else value
+
+    def advice(self) -> list[str]:
+        """Valid but unwise: ``resilience validate`` prints each as a warning."""
+        if self.user_salt is not None:
+            return [
+                "user_salt is in the policy file: whoever reads it can hash guessed user ids "
+                "and find them in the exposure log; give user_salt_env or user_salt_file"
+            ]
+        return []
 
     def salt(self) -> str:
-        """The salt, read from the environment when so declared.
+        """The salt, read from the environment or the file when so declared.
 
         Raises:
-            ValueError: the environment variable is not set.
+            ValueError: the environment variable is not set, or the file cannot be read or is
+                empty (the message names the option, never the salt).
         """
         if self.user_salt is not None:
             return self.user_salt
+        if self.user_salt_file is not None:
+            return read_secret_file(self.user_salt_file, "user_salt_file")
         value = os.environ.get(self.user_salt_env or "")
         if not value:
             raise ValueError(

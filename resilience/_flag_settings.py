@@ -21,7 +21,9 @@ class FlagSettings(BaseModel):
     environment, then the ``mode:`` the policy declares.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # A nested error's input is shown as this model's config says: a Redis URL may hold a
+    # password.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
 
     env_prefix: str | None = Field(
         default="RESILIENCE_FLAG_",

@@ -40,13 +40,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from ._durations import Duration
 from ._flag_feed import Deliver, FeedSnapshot, FlagRecord
 from ._fork import follow_forks, forget_forks
+from ._secrets import RedisConnection, redis_where
 
 __all__ = ["FlagStoreError", "RedisFlagFeed", "RedisFlagOptions", "RedisFlagStore"]
 
@@ -54,17 +54,11 @@ __all__ = ["FlagStoreError", "RedisFlagFeed", "RedisFlagOptions", "RedisFlagStor
 AUDIT_LENGTH = 10_000
 
 
-class RedisFlagOptions(BaseModel):
+class RedisFlagOptions(RedisConnection):
     """``settings.flags.redis``: read flags shared by the fleet from Redis."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    url: str | None = Field(
-        default=None, description="redis://[:password@]host:port/db of the flags. Or url_env."
-    )
-    url_env: str | None = Field(
-        default=None, description="Environment variable holding the URL (keeps secrets out)."
-    )
     key_prefix: str = Field(
         default="resilience:flags", min_length=1, description="Prefix of the keys used."
     )
@@ -77,12 +71,6 @@ class RedisFlagOptions(BaseModel):
     timeout: Duration = Field(
         default=0.05, gt=0, description="Socket timeout of every Redis call (no retries)."
     )
-
-    @model_validator(mode="after")
-    def _one_url(self) -> RedisFlagOptions:
-        if (self.url is None) == (self.url_env is None):
-            raise ValueError("give exactly one of url and url_env")
-        return self
 
 
 class FlagStoreError(Exception):
@@ -124,19 +112,9 @@ return version
 """
 
 
-def _where(url: str) -> str:
-    """``host:port`` of ``url`` (never its password), or the socket path."""
-    try:
-        parts = urlsplit(url)
-        if parts.scheme == "unix":
-            return parts.path or "?"
-        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-    except ValueError:
-        return "an unparsable URL"
-
-
-def _client(url: str, timeout: float) -> Any:
-    """A client with ``timeout`` on every socket operation, no retries, no handshake."""
+def _client(url: str, timeout: float, credentials: Mapping[str, Any]) -> Any:
+    """A client with ``timeout`` on every socket operation, no retries, no handshake, logging
+    in with ``credentials`` (from :meth:`RedisConnection.client_settings`)."""
     import redis  # noqa: PLC0415 - the optional extra, only when flags live in Redis
     from redis.backoff import NoBackoff  # noqa: PLC0415
     from redis.retry import Retry  # noqa: PLC0415
@@ -151,6 +129,7 @@ def _client(url: str, timeout: float) -> Any:
         "socket_connect_timeout": timeout,
     }
     kwargs.update(no_handshake())
+    kwargs.update(credentials)
     return redis.Redis.from_url(_plain_url(url), **kwargs)
 
 
@@ -203,18 +182,17 @@ class RedisFlagStore:
         options: where the flags live; the socket timeout applies to every call.
 
     Raises:
-        ValueError: ``url_env`` names an unset variable, or the URL has query parameters.
+        ValueError: a variable ``url_env`` or ``password_env`` names is unset, the
+            ``password_file`` cannot be read, or the URL has query parameters.
     """
 
     def __init__(self, options: RedisFlagOptions, *, wall: Callable[[], float] = time.time) -> None:
-        from ._redis import resolve_url  # noqa: PLC0415
-
         self.options = options
-        self._url = resolve_url(options.url, options.url_env)
-        self._where = _where(self._url)
+        url, credentials = options.client_settings()
+        self._where = redis_where(url)
         self._keys = _Keys(options.key_prefix)
         self._wall = wall
-        self._client = _client(self._url, options.timeout)
+        self._client = _client(url, options.timeout, credentials)
         self._script = self._client.register_script(_WRITE)
 
     @classmethod
@@ -311,7 +289,8 @@ class RedisFlagStore:
         except redis.AuthenticationError as exc:
             raise FlagStoreError(
                 f"could not {action}: Redis at {self._where} refused the credentials "
-                f"({type(exc).__name__}); check the password in the URL"
+                f"({type(exc).__name__}); check the password (password_env, password_file or the "
+                "URL)"
             ) from None
         except redis.TimeoutError:
             unknown = (
@@ -345,8 +324,9 @@ class RedisFlagFeed:
         wall: the wall clock, for :attr:`last_read`.
 
     Raises:
-        ValueError: ``url_env`` names an unset variable, or the URL has query parameters or a
-            scheme other than redis, rediss or unix.
+        ValueError: a variable ``url_env`` or ``password_env`` names is unset, the
+            ``password_file`` cannot be read, or the URL has query parameters or a scheme
+            other than redis, rediss or unix.
         ImportError: the ``redis`` extra is not installed.
     """
 
@@ -355,11 +335,10 @@ class RedisFlagFeed:
     def __init__(self, options: RedisFlagOptions, *, wall: Callable[[], float] = time.time) -> None:
         import redis  # noqa: PLC0415 - fail at construction when the extra is missing
 
-        from ._redis import resolve_url  # noqa: PLC0415
-
         self.options = options
-        self._url = resolve_url(options.url, options.url_env)
-        self._where = _where(self._url)
+        # Resolved once: a forked child reconnects with what the parent resolved.
+        self._url, self._credentials = options.client_settings()
+        self._where = redis_where(self._url)
         self._keys = _Keys(options.key_prefix)
         self._wall = wall
         self._connection_errors = (redis.RedisError, OSError)
@@ -369,7 +348,7 @@ class RedisFlagFeed:
         self._lock = threading.RLock()  # one read-and-deliver at a time, in order
         self._deliver: Deliver | None = None
         # Made now so that a bad URL fails here; it connects only when used.
-        self._client: Any = _client(self._url, options.timeout)
+        self._client: Any = _client(self._url, options.timeout, self._credentials)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._version: bytes | None = None
@@ -488,7 +467,7 @@ class RedisFlagFeed:
         if self._thread is None or self._stop.is_set():
             return
         self._lock = threading.RLock()  # the parent's thread may have held it at the fork
-        self._client = _client(self._url, self.options.timeout)
+        self._client = _client(self._url, self.options.timeout, self._credentials)
         self._launch()
 
     def _run(self, stop: threading.Event) -> None:

@@ -21,10 +21,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from ._durations import Duration
 from ._fork import follow_forks, forget_forks
+from ._secrets import RedisConnection, redis_where
 from .events import EventSink, NullSink, register_event
 
 __all__ = ["FLEET_RECOVERED", "FLEET_UNREACHABLE", "FleetOptions", "FleetSync"]
@@ -46,13 +47,11 @@ FLEET_OPENED = register_event(
 )
 
 
-class FleetOptions(BaseModel):
+class FleetOptions(RedisConnection):
     """``breaker.fleet``: share this breaker's counts and state with other processes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    url: str | None = Field(default=None, description="Redis URL shared by the fleet.")
-    url_env: str | None = Field(default=None, description="Environment variable with the URL.")
     key_prefix: str = Field(
         default="resilience:breaker", min_length=1, description="Prefix of the keys used."
     )
@@ -65,12 +64,6 @@ class FleetOptions(BaseModel):
     timeout: Duration = Field(
         default=0.05, gt=0, description="Socket timeout of a sync round (no retries)."
     )
-
-    @model_validator(mode="after")
-    def _one_url(self) -> FleetOptions:
-        if (self.url is None) == (self.url_env is None):
-            raise ValueError("give exactly one of url and url_env")
-        return self
 
 
 class _Shared:
@@ -104,21 +97,24 @@ class FleetSync:
         from redis.backoff import NoBackoff  # noqa: PLC0415
         from redis.retry import Retry  # noqa: PLC0415
 
-        from ._redis import resolve_url  # noqa: PLC0415
-
         self._wall = wall
         self._events = events or NullSink()
-        self._clients: dict[str, Any] = {}
+        # One client per Redis and way of logging in to it.
+        self._clients: dict[tuple[str, str | None, str | None], Any] = {}
         self._members: list[_Shared] = []
         for breaker, options in shared:
-            url = resolve_url(options.url, options.url_env)
-            client = self._clients.get(url)
+            url, credentials = options.client_settings()
+            # The URL as written (its user included: client_settings strips the user info when
+            # the password comes from a file), so that two users never share one login.
+            login = (options.resolved_url(), options.password_env, options.password_file)
+            client = self._clients.get(login)
             if client is None:
-                client = self._clients[url] = redis.Redis.from_url(
+                client = self._clients[login] = redis.Redis.from_url(
                     url,
                     socket_timeout=options.timeout,
                     socket_connect_timeout=options.timeout,
                     retry=Retry(NoBackoff(), 0),
+                    **credentials,
                 )
             breaker.share()
             self._members.append(_Shared(breaker, options, client))
@@ -266,9 +262,7 @@ class FleetSync:
                 )
 
     def _host(self) -> str:
-        hosts = []
-        for url in self._clients:
-            hosts.append(url.split("@")[-1].split("/")[2] if "//" in url else url)
+        hosts = dict.fromkeys(redis_where(url) for url, _, _ in self._clients)
         return ",".join(hosts)
 
     def _emit(self, event: str, **fields: Any) -> None:

@@ -23,7 +23,6 @@ import asyncio
 import inspect
 import json
 import math
-import os
 import threading
 import time
 import weakref
@@ -32,12 +31,13 @@ from contextlib import suppress
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ._durations import Duration
 from ._errors import BulkheadFull, GarbageData
 from ._fork import hold_across_forks
 from ._model import Click, SessionState
+from ._secrets import RedisConnection
 
 __all__ = ["RedisOptions", "RedisSessionStore", "SessionFormat", "decode_session"]
 
@@ -65,21 +65,14 @@ class SessionFormat(BaseModel):
     time_unit: Literal["s", "ms"] = Field(default="s", description="Unit of the times.")
 
 
-class RedisOptions(BaseModel):
+class RedisOptions(RedisConnection):
     """``sources.NAME.redis``: read this source from Redis instead of a bound function."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    url: str | None = Field(
-        default=None,
-        description="redis://[:password@]host:port/db or rediss:// for TLS. Or use url_env.",
-    )
-    url_env: str | None = Field(
-        default=None, description="Environment variable holding the URL (keeps secrets out)."
-    )
-    password_env: str | None = Field(
-        default=None, description="Environment variable holding the password, if not in the URL."
-    )
+    # password_env was here before password_file: it stays in the dump.
+    _OMITTED_WHEN_UNSET = frozenset({"password_file"})
+
     key: str = Field(default="session:{key}", description="Key template; {key} is the session id.")
     cluster: bool = Field(
         default=False,
@@ -98,35 +91,6 @@ class RedisOptions(BaseModel):
         default=65_536, ge=1, description="Larger values are garbage (never decoded)."
     )
     format: SessionFormat = Field(default_factory=SessionFormat, description="Value layout.")
-
-    @model_validator(mode="after")
-    def _one_url(self) -> RedisOptions:
-        if (self.url is None) == (self.url_env is None):
-            raise ValueError("give exactly one of url and url_env; url_env keeps secrets out")
-        return self
-
-    def resolved_url(self) -> str:
-        """The URL, from the policy or the environment.
-
-        Raises:
-            ValueError: the environment variable named by ``url_env`` is not set.
-        """
-        return resolve_url(self.url, self.url_env)
-
-
-def resolve_url(url: str | None, url_env: str | None) -> str:
-    """``url``, or the value of the environment variable ``url_env``.
-
-    Raises:
-        ValueError: the environment variable is not set.
-    """
-    if url is not None:
-        return url
-    assert url_env is not None
-    value = os.environ.get(url_env)
-    if not value:
-        raise ValueError(f"environment variable {url_env} (url_env) is not set")
-    return value
 
 
 def _finite(number: float) -> bool:
@@ -208,13 +172,6 @@ def _connection_kwargs(options: RedisOptions) -> dict[str, Any]:
         "socket_timeout": options.connect_timeout,  # writes; reads get the step's time left
     }
     kwargs.update(no_handshake())
-    if options.password_env:
-        password = os.environ.get(options.password_env)
-        if not password:
-            raise ValueError(
-                f"environment variable {options.password_env} (password_env) is not set"
-            )
-        kwargs["password"] = password
     return kwargs
 
 
@@ -312,8 +269,9 @@ class RedisSessionStore:
 
         self.name = name
         self.options = options
-        self._url = _plain_url(options.resolved_url())
-        self._kwargs = _connection_kwargs(options)
+        url, credentials = options.client_settings()
+        self._url = _plain_url(url)
+        self._kwargs = {**_connection_kwargs(options), **credentials}
         self._akwargs = {**self._kwargs, "retry": redis.asyncio.retry.Retry(NoBackoff(), 0)}
         self._redis = redis
         self._aredis = redis.asyncio

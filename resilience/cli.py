@@ -18,13 +18,17 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
+from pydantic import BaseModel
+
 from ._demo import run_demo
 from ._durations import format_duration
 from ._engine import Engine
-from ._errors import PluginError, PolicyValidationError
+from ._errors import PluginError, PolicyIssue, PolicyValidationError
 from ._flags_cli import add_flags_command
 from ._lift import main_lift
-from ._policy import PolicySet, StepSpec, load_policies_file
+from ._policy import PolicySet, StepSpec, load_policies_file, read_policy_file
+from ._yaml import Path as KeyPath
+from ._yaml import format_path, read_yaml
 from .events import NullSink
 
 __all__ = ["main"]
@@ -130,6 +134,14 @@ def _simulate_parser(commands: Any) -> None:
         "fault proxy, on a clock of real time plus skipped time; writes only keys of its own "
         "and deletes them at the end",
     )
+    password = simulate.add_mutually_exclusive_group()
+    password.add_argument(
+        "--redis-password-env",
+        metavar="NAME",
+        help="the environment variable holding the password of --redis (keeps it off the "
+        "command line, which ps shows)",
+    )
+    password.add_argument("--redis-password-file", metavar="PATH", help="or the file holding it")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.add_argument(
         "--list", action="store_true", help="list the built-in scenarios and exit"
@@ -202,11 +214,46 @@ def _report(path: str, exc: PolicyValidationError) -> None:
     print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
 
 
+def _settings_warnings(loaded: PolicySet) -> list[PolicyIssue]:
+    """The advice of the options under ``settings`` and ``sources`` (a Redis password in a
+    URL, the exposure log's salt in the file), each at the line of the key it is about
+    (``ADVICE_AT``). The loader asks only steps' parameters for advice; a Redis inside a
+    step's parameters (the stream_lag guard's) is in ``loaded.warnings`` already."""
+    found: list[tuple[KeyPath, str]] = []
+
+    def walk(value: object, path: KeyPath) -> None:
+        advice = getattr(value, "advice", None)
+        key = getattr(type(value), "ADVICE_AT", None)
+        if isinstance(value, BaseModel) and callable(advice) and isinstance(key, str):
+            found.extend(((*path, key), message) for message in advice())
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name), (*path, name))
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, (*path, str(key)))
+
+    walk(loaded.settings, ("settings",))
+    walk(loaded.sources, ("sources",))
+    if not found:
+        return []
+    try:
+        located, _ = read_yaml(read_policy_file(loaded.file), loaded.file)
+    except PolicyValidationError:  # gone since it was loaded: no lines, the advice stands
+        located = None
+    issues = []
+    for path, message in found:
+        line, column = located.position(path) if located is not None else (0, 0)
+        issues.append(PolicyIssue(loaded.file, line, column, format_path(path[:-1]), message))
+    return issues
+
+
 def _validate(args: argparse.Namespace) -> int:
     loaded = _load(args.path, args.format, build=True)
     if isinstance(loaded, int):
         return loaded
-    for warning in loaded.warnings:
+    warnings = [*loaded.warnings, *_settings_warnings(loaded)]
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.format == "json":
         json.dump(
@@ -215,7 +262,7 @@ def _validate(args: argparse.Namespace) -> int:
                 "file": args.path,
                 "version": loaded.version,
                 "policies": {n: p.version for n, p in loaded.policies.items()},
-                "warnings": [w.as_dict() for w in loaded.warnings],
+                "warnings": [w.as_dict() for w in warnings],
             },
             sys.stdout,
             indent=2,
@@ -343,6 +390,9 @@ def _simulate(args: argparse.Namespace) -> int:
         for name, description in builtin_scenarios().items():
             print(f"{name:<12} {description}")
         return 0
+    if args.redis is None and (args.redis_password_env or args.redis_password_file):
+        print("error: a Redis password is given, but no --redis URL", file=sys.stderr)
+        return 2
     bar = None if args.quiet or not sys.stderr.isatty() else _ProgressBar(sys.stderr)
     try:
         result = simulate(
@@ -352,6 +402,8 @@ def _simulate(args: argparse.Namespace) -> int:
             scale=args.scale,
             progress=bar,
             redis=args.redis,
+            redis_password_env=args.redis_password_env,
+            redis_password_file=args.redis_password_file,
         )
     except ScenarioError as exc:
         for issue in exc.issues:

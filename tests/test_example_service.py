@@ -4,6 +4,7 @@ private redis-server, and its load script end to end."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -20,7 +21,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from examples.search_service.app import ConfigError, Secret, Settings, create_app
+from examples.search_service.app import ConfigError, HashedIds, Secret, Settings, create_app
 from examples.search_service.catalog import CATEGORIES, session_value
 from resilience.testing import RedisServer
 
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "examples" / "search_service" / "policies.yaml"
 PASSWORD = "p@ss:w/rd#1 with spaces"  # quoted into the flags' URL by the app
 TOKEN = "admin-token-for-tests-0123456789"
-ENGINE_VARIABLES = ("SEARCH_REDIS_URL", "SEARCH_REDIS_PASSWORD", "SEARCH_FLAGS_REDIS_URL")
+ENGINE_VARIABLES = ("SEARCH_REDIS_URL", "SEARCH_REDIS_PASSWORD")
 
 Client = httpx.AsyncClient
 Scenario = Callable[[Client], Awaitable[None]]
@@ -59,10 +60,11 @@ def settings(
 
 
 @pytest.fixture
-def run(settings: Settings) -> Callable[[Scenario], None]:
-    """Run a scenario against the app, in process, between its start-up and its shutdown."""
+def run(settings: Settings) -> Callable[..., None]:
+    """Run a scenario against the app, in process, between its start-up and its shutdown
+    (with other ``settings`` if given)."""
 
-    def go(scenario: Scenario) -> None:
+    def go(scenario: Scenario, settings: Settings = settings) -> None:
         async def main() -> None:
             app = create_app(settings)
             async with app.router.lifespan_context(app):
@@ -182,6 +184,7 @@ def test_admin_flags_flips_the_kill_switch(
     async def scenario(client: Client) -> None:
         listed = await client.get("/admin/flags", headers=bearer(TOKEN))
         assert listed.status_code == 200
+        assert PASSWORD not in listed.text  # the sources' health names Redis by host:port
         flags = {f["key"]: f for f in listed.json()["flags"]}
         assert flags["search"]["value"] == "on"
         assert {s["source"] for s in listed.json()["sources"]} >= {"redis", "api"}
@@ -231,22 +234,16 @@ def test_settings_read_secrets_from_the_environment_or_files(tmp_path: Path) -> 
     settings = Settings.from_env(
         {**base, "SEARCH_REDIS_PASSWORD": PASSWORD, "SEARCH_ADMIN_TOKEN_FILE": str(token_file)}
     )
-    assert settings.admin_token.matches(TOKEN)
+    assert settings.admin_token is not None and settings.admin_token.matches(TOKEN)
     assert settings.redis_password.reveal() == PASSWORD
     assert TOKEN not in repr(settings)
     assert PASSWORD not in repr(settings)
     assert PASSWORD not in str(settings.redis_password)
-    environment = settings.engine_environment()
-    assert environment["SEARCH_REDIS_PASSWORD"] == PASSWORD
-    assert environment["SEARCH_FLAGS_REDIS_URL"] == (
-        "redis://:p%40ss%3Aw%2Frd%231%20with%20spaces@127.0.0.1:6399/0"
-    )
-    assert (
-        redis.Redis.from_url(
-            environment["SEARCH_FLAGS_REDIS_URL"]
-        ).connection_pool.connection_kwargs["password"]
-        == PASSWORD
-    )
+    # the policy names variables for the session store and the flags: only these two
+    assert settings.engine_environment() == {
+        "SEARCH_REDIS_URL": "redis://127.0.0.1:6399/0",
+        "SEARCH_REDIS_PASSWORD": PASSWORD,
+    }
 
     good = {**base, "SEARCH_REDIS_PASSWORD": PASSWORD, "SEARCH_ADMIN_TOKEN": TOKEN}
     for broken, message in (
@@ -254,7 +251,8 @@ def test_settings_read_secrets_from_the_environment_or_files(tmp_path: Path) -> 
         ({"SEARCH_REDIS_URL": f"redis://:{PASSWORD}@h:1/0"}, "no password"),
         ({"SEARCH_ADMIN_TOKEN": "short"}, "at least 16"),
         ({"SEARCH_ADMIN_TOKEN_FILE": str(token_file)}, "not both"),
-        ({"SEARCH_REDIS_PASSWORD": ""}, "set SEARCH_REDIS_PASSWORD"),
+        ({"SEARCH_REDIS_PASSWORD": ""}, "SEARCH_REDIS_PASSWORD is empty"),
+        ({"SEARCH_ADMIN_TOKEN": ""}, "SEARCH_ADMIN_TOKEN is empty"),
     ):
         with pytest.raises(ConfigError, match=message) as caught:
             Settings.from_env({**good, **broken})
@@ -263,6 +261,76 @@ def test_settings_read_secrets_from_the_environment_or_files(tmp_path: Path) -> 
     missing = {**base, "SEARCH_ADMIN_TOKEN": TOKEN, "SEARCH_REDIS_PASSWORD_FILE": "/nonexistent"}
     with pytest.raises(ConfigError, match="cannot read it"):
         Settings.from_env(missing)
+    with pytest.raises(ConfigError, match="set SEARCH_REDIS_PASSWORD or"):
+        Settings.from_env({**base, "SEARCH_ADMIN_TOKEN": TOKEN})
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    without_token = {k: v for k, v in good.items() if k != "SEARCH_ADMIN_TOKEN"}
+    with pytest.raises(ConfigError, match="SEARCH_ADMIN_TOKEN_FILE is empty"):
+        Settings.from_env({**without_token, "SEARCH_ADMIN_TOKEN_FILE": str(empty)})
+    # no token at all: the service starts, with its admin routes off
+    untokened = {**base, "SEARCH_REDIS_PASSWORD": PASSWORD}
+    assert Settings.from_env(untokened).admin_token is None
+
+
+def test_without_a_token_the_admin_routes_refuse_everything(
+    run: Callable[..., None], settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fails closed: an unset token turns the routes off, it never lets anything through."""
+
+    async def scenario(client: Client) -> None:
+        flip = {"key": "search", "value": "off", "reason": "r"}
+        for headers in ({}, bearer(TOKEN), bearer(""), {"Authorization": "Bearer"}):
+            response = await client.get("/admin/flags", headers=headers)
+            assert response.status_code == 404, headers
+            assert "no admin token" in response.json()["error"]
+            assert (
+                await client.post("/admin/flags", json=flip, headers=headers)
+            ).status_code == 404
+        assert (await search(client, session="s-1"))["personalized"] is True  # nothing changed
+
+    with caplog.at_level(logging.INFO):
+        run(scenario, dataclasses.replace(settings, admin_token=None))
+    assert "admin routes are off" in caplog.text
+
+
+def test_token_comparison_is_exact_and_on_digests() -> None:
+    secret = Secret(TOKEN)
+    assert secret.matches(TOKEN)
+    for other in ("", TOKEN[:-1], TOKEN + " ", TOKEN.upper(), "\udcff", "é" * 40):
+        assert not secret.matches(other), other
+    assert TOKEN not in repr(secret) and TOKEN not in str(secret)
+
+
+def test_the_access_log_carries_hashed_ids_only(
+    run: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn logs each request's path and query: the user and session ids of /search are
+    replaced by salted hashes before any handler sees the line."""
+    user, session = "user-e5c2a9", "session-0b77f1"
+
+    async def scenario(client: Client) -> None:
+        await search(client, user=user, session=session)
+
+    run(scenario)  # create_app installs the filter
+    access = logging.getLogger("uvicorn.access")
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        # what uvicorn's h11 and httptools protocols log for each request
+        access.info(
+            '%s - "%s %s HTTP/%s" %d',
+            "127.0.0.1:50000",
+            "GET",
+            f"/search?q=red&user={user}&session={session}&n=5",
+            "1.1",
+            200,
+        )
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:50000", "GET", "/metrics", "1.1", 200)
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert len(lines) == 2
+    assert user not in lines[0] and session not in lines[0]
+    assert re.search(r"user=[0-9a-f]{16}&session=[0-9a-f]{16}&n=5", lines[0]), lines[0]
+    assert lines[1].endswith('"GET /metrics HTTP/1.1" 200')
+    assert sum(isinstance(f, HashedIds) for f in access.filters) == 1  # once, however many apps
 
 
 def test_the_load_script_runs_end_to_end(redis_server: RedisServer, tmp_path: Path) -> None:

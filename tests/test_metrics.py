@@ -7,12 +7,13 @@ then the kill switch, each scraped over HTTP and checked against the traces the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -407,31 +408,83 @@ def test_the_wsgi_app_serves_the_registry(
     assert b'resilience_decisions_total{mode="on",policy="search"' in body
 
 
+class _Records:
+    """An exposure sink that keeps the records."""
+
+    def __init__(self) -> None:
+        self.records: list[Mapping[str, Any]] = []
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self.records.append(record)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def test_no_user_or_session_id_reaches_an_event_or_a_metric(
     make_engine: Callable[..., Engine],
     reference_yaml: str,
     stores: Stores,
     recording_sink: RecordingSink,
     registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    text = reference_yaml.replace("decision_sample_rate: 0.001", "decision_sample_rate: 1")
-    engine = make_engine(text, stores.sync())
-    metrics.register(engine, registry)
-    for _ in range(5):
-        engine.decide(USER)
-    stores.session.raises()
-    for _ in range(40):
-        engine.decide(USER)
-    engine.flags.set("search", "off", reason="test")
-    engine.decide(USER)
-    engine.reload("not: [valid")
+    """Nor a span, an exposure record, a trace or a log line: everything that leaves the
+    process, after healthy traffic, a store whose errors name both ids, a kill switch, a
+    refused reload, a click and a bug of the engine's own."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from resilience.otel import instrument
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exposures = _Records()
+    text = reference_yaml.replace("decision_sample_rate: 0.001", "decision_sample_rate: 1").replace(
+        "settings:\n", "settings:\n  exposures: {path: unused.jsonl, user_salt: leak-test}\n", 1
+    )
+    user, session = USER.user_id, USER.session_id
+    assert user is not None and session is not None
+    traces: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        engine = make_engine(text, stores.sync(), exposure_sink=exposures)
+        metrics.register(engine, registry)
+        with instrument(engine, provider):
+            for _ in range(5):
+                traces.append(str(engine.decide(USER).trace))
+            stores.session.raises(ConnectionError(f"no session {session} for {user}"))
+            stores.profile.raises(KeyError(user))
+            for _ in range(40):
+                traces.append(str(engine.decide(USER).trace))
+            engine.flags.set("search", "off", reason="test")
+            decision = engine.decide(USER)
+            engine.record_click(decision.trace, user_id=user, item_id="i1")
+            engine.reload("not: [valid")
+            engine.flags.clear("search", reason="test")
+            engine._plans["search"].tiers = None  # type: ignore[assignment]  # simulate a bug
+            traces.append(str(engine.decide(USER).trace))
+        exposed = generate_latest(registry).decode()
+        engine.close()  # writes the queued exposure records
+    provider.shutdown()
     assert recording_sink.of("resilience.decision")
+    assert recording_sink.of("resilience.engine.internal_error")
+    assert exposures.records and exporter.get_finished_spans()
     events = json.dumps(recording_sink.events, default=str)
-    exposed = generate_latest(registry).decode()
-    for secret in (USER.user_id, USER.session_id):
-        assert secret is not None
+    records = json.dumps(exposures.records, default=str)
+    spans = [span.to_json() for span in exporter.get_finished_spans()]
+    assert all("r1" in span for span in spans)  # what is meant to be there is there
+    for secret in (user, session):
         assert secret not in events
         assert secret not in exposed
+        assert secret not in records
+        assert not any(secret in span for span in spans)
+        assert not any(secret in trace for trace in traces)
+        assert secret not in caplog.text
 
 
 def test_a_forked_child_counts_from_zero(

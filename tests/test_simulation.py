@@ -7,6 +7,7 @@ nothing asserts on timings."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -131,6 +132,14 @@ def test_the_result_holds_the_contracted_keys(default_run: dict[str, Any]) -> No
     kinds = {t["kind"] for t in result["transitions"]}
     assert kinds == {"breaker", "guard", "flag", "reload"}
     json.dumps(result, allow_nan=False)  # plain, finite data
+
+
+def test_no_user_or_session_id_reaches_the_result(default_run: dict[str, Any]) -> None:
+    """The world's users (user<n>, new<n>), its sessions (s<n>) and the held-out stand-ins
+    (counterfactual-<n>) stay in the run: the result and the report built from it carry
+    aggregates only."""
+    text = json.dumps(default_run)
+    assert not re.search(r'"(user|new|s|counterfactual-)\d+"', text)
 
 
 def test_a_seed_gives_the_same_run(small: Scenario, tmp_path: Path) -> None:

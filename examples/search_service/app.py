@@ -9,14 +9,16 @@ Routes:
   (``engine.record_click``); always 202, ``counted`` says whether it counted;
 - ``GET /metrics``: Prometheus text, the engine's series (``resilience.metrics``);
 - ``GET /admin/flags``, ``POST /admin/flags`` ``{"key", "value", "reason", "by"}``: list and
-  set (``value: null`` clears) the engine's flags; ``Authorization: Bearer <token>`` required.
+  set (``value: null`` clears) the engine's flags; ``Authorization: Bearer <token>`` required
+  (401 without it, 403 with a wrong one, 404 for every call while no token is configured).
 
 Configuration, from the environment (``*_FILE``: read the value from that file instead, as a
 mounted secret):
 
 - ``SEARCH_REDIS_URL``: ``redis://host:port/db`` of the session store and the flags, no password;
 - ``SEARCH_REDIS_PASSWORD`` or ``SEARCH_REDIS_PASSWORD_FILE``;
-- ``SEARCH_ADMIN_TOKEN`` or ``SEARCH_ADMIN_TOKEN_FILE``: at least 16 characters;
+- ``SEARCH_ADMIN_TOKEN`` or ``SEARCH_ADMIN_TOKEN_FILE``: at least 16 characters; neither: the
+  admin routes are off;
 - ``SEARCH_POLICIES``: the policy file (default: ``policies.yaml`` beside this module).
 
 Run it: ``uvicorn examples.search_service.app:create_app --factory`` from the repository root
@@ -27,16 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import hmac
 import logging
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from cachetools import TTLCache
 from prometheus_client import CollectorRegistry
@@ -46,7 +50,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from resilience import Engine, FlagError, RequestContext, Trace, metrics
+from resilience import Engine, FlagError, RequestContext, Trace, metrics, user_hash
 
 from .catalog import MAX_RESULTS, Catalog, profiles, segments
 
@@ -57,7 +61,8 @@ MIN_TOKEN_LENGTH = 16
 # The variables the policy file names (url_env, password_env); the app fills them at start.
 ENGINE_REDIS_URL = "SEARCH_REDIS_URL"
 ENGINE_REDIS_PASSWORD = "SEARCH_REDIS_PASSWORD"
-ENGINE_FLAGS_URL = "SEARCH_FLAGS_REDIS_URL"
+# Query parameters that carry ids of people: hashed in the access log.
+ID_PARAMETERS = frozenset({"user", "session"})
 
 
 class ConfigError(ValueError):
@@ -67,10 +72,11 @@ class ConfigError(ValueError):
 class Secret:
     """A secret string that never shows itself in a repr, a log line or a traceback."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_digest", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._digest = hashlib.sha256(value.encode()).digest()
 
     def reveal(self) -> str:
         """The value, for the one place that needs it."""
@@ -78,8 +84,11 @@ class Secret:
 
     def matches(self, presented: str) -> bool:
         """Whether ``presented`` is the secret, in time that does not depend on where they
-        differ (``hmac.compare_digest``), so that response times leak nothing."""
-        return hmac.compare_digest(presented.encode(), self._value.encode())
+        differ (``hmac.compare_digest``), so that response times leak nothing. Digests are
+        compared, not the strings: ``compare_digest`` returns at once on a length mismatch,
+        which would tell the secret's length."""
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+        return hmac.compare_digest(digest, self._digest)
 
     def __repr__(self) -> str:
         return "Secret('**********')"
@@ -94,26 +103,43 @@ def read_secret(environ: Mapping[str, str], name: str) -> Secret:
     Raises:
         ConfigError: neither or both are set, the file cannot be read, or it is empty.
     """
+    secret = optional_secret(environ, name)
+    if secret is None:
+        raise ConfigError(f"set {name} or {name}_FILE")
+    return secret
+
+
+def optional_secret(environ: Mapping[str, str], name: str) -> Secret | None:
+    """As :func:`read_secret`, but ``None`` when neither variable is set.
+
+    Raises:
+        ConfigError: both are set, the file cannot be read, or the value is empty (set, but
+            to nothing: a mistake, not a choice).
+    """
     direct, path = environ.get(name), environ.get(f"{name}_FILE")
+    if direct is None and path is None:
+        return None
     if direct is not None and path is not None:
         raise ConfigError(f"set one of {name} and {name}_FILE, not both")
     if path is not None:
         try:
-            direct = Path(path).read_text().removesuffix("\n")
-        except OSError as exc:
-            raise ConfigError(f"{name}_FILE: cannot read it ({exc.strerror})") from None
+            direct = Path(path).read_text().removesuffix("\n").removesuffix("\r")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"{name}_FILE: cannot read it ({why})") from None
     if not direct:
-        raise ConfigError(f"set {name} or {name}_FILE")
+        raise ConfigError(f"{name}{'_FILE' if path is not None else ''} is empty")
     return Secret(direct)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The service's configuration. Its repr shows no secret."""
+    """The service's configuration. Its repr shows no secret. Without an admin token the
+    admin routes are off: they refuse every call."""
 
     redis_url: str
     redis_password: Secret
-    admin_token: Secret
+    admin_token: Secret | None
     policies: Path = DEFAULT_POLICIES
 
     @classmethod
@@ -133,8 +159,8 @@ class Settings:
                 "SEARCH_REDIS_URL must hold no password and no query: put the password in "
                 "SEARCH_REDIS_PASSWORD or SEARCH_REDIS_PASSWORD_FILE"
             )
-        token = read_secret(env, "SEARCH_ADMIN_TOKEN")
-        if len(token.reveal()) < MIN_TOKEN_LENGTH:
+        token = optional_secret(env, "SEARCH_ADMIN_TOKEN")
+        if token is not None and len(token.reveal()) < MIN_TOKEN_LENGTH:
             raise ConfigError(f"SEARCH_ADMIN_TOKEN: use at least {MIN_TOKEN_LENGTH} characters")
         return cls(
             redis_url=url,
@@ -144,15 +170,11 @@ class Settings:
         )
 
     def engine_environment(self) -> dict[str, str]:
-        """The variables the policy file names. The flags' Redis takes no ``password_env``, so
-        its URL carries the password (quoted); it is only ever read by the engine."""
-        password = self.redis_password.reveal()
-        parts = urlsplit(self.redis_url)
-        netloc = f":{quote(password, safe='')}@{parts.netloc}"
+        """The variables the policy file names (``url_env``, ``password_env``), for the session
+        store and the flags alike: the policy holds names, the environment the values."""
         return {
             ENGINE_REDIS_URL: self.redis_url,
-            ENGINE_REDIS_PASSWORD: password,
-            ENGINE_FLAGS_URL: urlunsplit(parts._replace(netloc=netloc)),
+            ENGINE_REDIS_PASSWORD: self.redis_password.reveal(),
         }
 
 
@@ -238,13 +260,16 @@ async def click(request: Request) -> Response:
 
 
 def _authorized(request: Request) -> Response | None:
-    """``None`` if the request carries the admin token; else the response refusing it: 401
-    without credentials, 403 with wrong ones. The presented token is never logged."""
+    """``None`` if the request carries the admin token; else the response refusing it: 404
+    while no token is configured (the routes are off, whatever is presented), 401 without
+    credentials, 403 with wrong ones. The presented token is never logged."""
+    token: Secret | None = request.app.state.admin_token
+    if token is None:
+        return _error(404, "the admin routes are off: no admin token is configured")
     header = request.headers.get("authorization")
     scheme, _, presented = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         return _error(401, "admin token required", **{"WWW-Authenticate": 'Bearer realm="admin"'})
-    token: Secret = request.app.state.admin_token
     if not token.matches(presented.strip()):
         client = request.client.host if request.client else "?"
         log.warning("admin: refused a wrong token from %s on %s", client, request.url.path)
@@ -294,6 +319,47 @@ async def _json(request: Request) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+class HashedIds(logging.Filter):
+    """Replaces the user and session ids in uvicorn's access log lines (the query of
+    ``/search``) with salted hashes (:func:`resilience.user_hash`).
+
+    The salt is drawn per process and kept nowhere: the lines of one process can still be
+    told apart by user, but no id can be recovered from them or joined across processes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._salt = secrets.token_hex(16)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access record: (client, method, path with query, HTTP version, status).
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], self.scrub(args[2]), *args[3:])
+        return True
+
+    def scrub(self, target: str) -> str:
+        """``target`` (a path and query) with the id parameters' values hashed."""
+        path, question, query = target.partition("?")
+        if not question:
+            return target
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if not any(key in ID_PARAMETERS for key, _ in pairs):
+            return target
+        hashed = [
+            (key, user_hash(self._salt, value) if key in ID_PARAMETERS and value else value)
+            for key, value in pairs
+        ]
+        return f"{path}?{urlencode(hashed)}"
+
+
+def hash_ids_in_access_log() -> None:
+    """Install :class:`HashedIds` on uvicorn's access logger, once per process."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, HashedIds) for f in access.filters):
+        access.addFilter(HashedIds())
+
+
 class MetricsEndpoint:
     """``resilience.metrics.asgi_app`` as a route: Starlette treats a plain function as a
     request handler, so the ASGI app is wrapped in an object."""
@@ -314,6 +380,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:  # run by a server: log our lines beside its own
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     config = Settings.from_env() if settings is None else settings
+    hash_ids_in_access_log()
     registry = CollectorRegistry()
 
     @asynccontextmanager
@@ -337,8 +404,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "search service ready: policies %s (%s), Redis at %s",
             config.policies.name,
             engine.config_version(),
-            urlsplit(config.redis_url).netloc,
+            urlsplit(config.redis_url).netloc.rpartition("@")[2],  # never a password
         )
+        if config.admin_token is None:
+            log.warning(
+                "admin routes are off: set SEARCH_ADMIN_TOKEN or SEARCH_ADMIN_TOKEN_FILE "
+                "to turn them on"
+            )
         try:
             yield
         finally:

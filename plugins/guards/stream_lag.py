@@ -26,12 +26,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import math
-import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from resilience import (
     BoundSource,
@@ -40,6 +39,7 @@ from resilience import (
     EventSink,
     Guard,
     Reading,
+    RedisConnection,
     RequestContext,
     SourceName,
     StepParams,
@@ -89,26 +89,22 @@ STREAM_LAG_RECOVERED = register_event(
 )
 
 
-class RedisWatermark(BaseModel):
+class RedisWatermark(RedisConnection):
     """``redis``: the Redis the stream processor writes its watermark to (at ``key``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    url: str | None = Field(default=None, description="redis://host:port/db, or use url_env.")
-    url_env: str | None = Field(default=None, description="Environment variable with the URL.")
     timeout: Duration = Field(
         default=0.2, gt=0, description="Socket timeout of a read (no retries)."
     )
 
-    @model_validator(mode="after")
-    def _one_url(self) -> Self:
-        if (self.url is None) == (self.url_env is None):
-            raise ValueError("give exactly one of url and url_env; url_env keeps secrets out")
-        return self
-
 
 class StreamLagParams(StepParams):
     """Parameters of the ``stream_lag`` guard."""
+
+    # The cross-field check below fails with the whole mapping as its input, the watermark's
+    # URL (and any password in it) included: keep it out of the error's text.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     source: SourceName | None = Field(
         default=None,
@@ -147,6 +143,9 @@ class StreamLagParams(StepParams):
                 "set resume_below at or below max_lag"
             )
         return self
+
+    def advice(self) -> list[str]:
+        return [f"redis.{advice}" for advice in self.redis.advice()] if self.redis else []
 
 
 class LagState:
@@ -334,15 +333,14 @@ class _RedisReader:
         from redis.backoff import NoBackoff  # noqa: PLC0415
         from redis.retry import Retry  # noqa: PLC0415
 
-        url = options.url if options.url is not None else os.environ.get(options.url_env or "")
-        if not url:
-            raise ValueError(f"environment variable {options.url_env} (url_env) is not set")
+        url, credentials = options.client_settings()
         self._key = key
         self._client = redis.Redis.from_url(
             url,
             socket_timeout=options.timeout,
             socket_connect_timeout=options.timeout,
             retry=Retry(NoBackoff(), 0),
+            **credentials,
         )
 
     def __call__(self) -> object:
@@ -378,7 +376,11 @@ class StreamLagGuard(Guard):
         # Shared under the guard's identity, parameters and source: a reload that changes none
         # of them keeps the watch, its state and its thread. Polling starts in its settle(),
         # once the build that made it runs.
-        where = id(source.runtime) if source is not None else "redis"
+        # The dump masks a password in the URL: the URL itself keys the watch too, so that a
+        # new password in it makes a new connection.
+        where: object = id(source.runtime) if source is not None else None
+        if params.redis is not None:
+            where = ("redis", params.redis.url)
         self.watch = context.shared(
             ("stream_lag", context.policy, self.step_id, params.model_dump_json(), where), watch
         )

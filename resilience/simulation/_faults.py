@@ -29,8 +29,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import ValidationError
+
 from resilience._model import SessionState
 from resilience._redis import RedisOptions, RedisSessionStore, SessionFormat, no_handshake
+from resilience._secrets import redact_url
 from resilience.testing import LatencyProxy
 
 from ._scenario import Flapping, Hang, Latency, Outage, StreamLag
@@ -316,13 +319,9 @@ def encode_session(state: SessionState, fmt: SessionFormat) -> bytes:
 
 
 def _masked(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """``url`` without its password, for messages; also one a URL parser misreads (a ``/``,
+    ``?`` or ``#`` in the password), which ``urlsplit`` would have echoed whole."""
+    return redact_url(url)
 
 
 class RedisLostError(Exception):
@@ -373,12 +372,22 @@ class RedisSessions:
 
     @classmethod
     def connect(
-        cls, url: str, faults: StoreFaults, rng: random.Random, run_id: str
+        cls,
+        url: str,
+        faults: StoreFaults,
+        rng: random.Random,
+        run_id: str,
+        *,
+        password_env: str | None = None,
+        password_file: str | None = None,
     ) -> RedisSessions:
-        """Check ``url``, reach the server, start the proxy and make the store.
+        """Check ``url``, reach the server, start the proxy and make the store. The password
+        is in ``url``, or in the environment variable ``password_env`` or the file
+        ``password_file``.
 
         Raises:
-            ValueError: one line: a bad URL, the redis extra missing, the server unreachable.
+            ValueError: one line: a bad URL, the redis extra missing, an unusable password
+                setting, the server unreachable.
         """
         shown = _masked(url)
         parts = urlsplit(url)
@@ -408,12 +417,22 @@ class RedisSessions:
             raise ValueError(
                 "--redis needs the redis extra: pip install 'search-resilience[redis]'"
             ) from None
+        try:
+            direct, credentials = RedisOptions(
+                url=url, password_env=password_env, password_file=password_file
+            ).client_settings()
+        except ValidationError as exc:  # the password given twice
+            problem = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"--redis {shown}: {problem}") from None
+        except ValueError as exc:  # its message names the option, never a value
+            raise ValueError(f"--redis {shown}: {exc}") from None
         client = redis.Redis.from_url(
-            url,
+            direct,
             retry=Retry(NoBackoff(), 0),  # never the client's default retries (field notes)
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             **no_handshake(),
+            **credentials,
         )
         try:
             client.ping()
@@ -442,7 +461,13 @@ class RedisSessions:
         prefix = f"resilience-sim:{run_id}:"
         try:
             store = RedisSessionStore(
-                cls.NAME, RedisOptions(url=through, key=prefix + "session:{key}")
+                cls.NAME,
+                RedisOptions(
+                    url=through,
+                    key=prefix + "session:{key}",
+                    password_env=password_env,
+                    password_file=password_file,
+                ),
             )
         except Exception:
             proxy.close()

@@ -221,6 +221,8 @@ def simulate(
     replicates: int = 2000,
     progress: Callable[[float, int], None] | None = None,
     redis: str | None = None,
+    redis_password_env: str | None = None,
+    redis_password_file: str | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario`` through the real engine and return the result (plain, JSON-able data:
     see ``docs/simulation.md`` for every key).
@@ -237,6 +239,9 @@ def simulate(
             on a clock of real time plus skipped time (``docs/simulation.md``). Such a run is
             not the same for a seed: what the engine does depends on real timings. Only keys
             under a prefix of the run's own are written, and they are deleted at the end.
+        redis_password_env: the environment variable holding that Redis's password, which
+            then stays out of the URL (and off the command line).
+        redis_password_file: or the file holding it (one trailing newline dropped).
 
     Raises:
         ScenarioError: the scenario is invalid.
@@ -257,6 +262,8 @@ def simulate(
                 _store_faults(plan, RedisSessions.NAME),
                 random.Random(f"{seed}:{RedisSessions.NAME}"),
                 f"{os.getpid()}-{uuid.uuid4().hex[:12]}",
+                password_env=redis_password_env,
+                password_file=redis_password_file,
             )
         except ValueError as exc:
             raise SimulationError(str(exc)) from None

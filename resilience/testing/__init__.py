@@ -283,20 +283,36 @@ class RedisServer:
 
     Args:
         executable: the ``redis-server`` binary.
+        password: require this password (``requirepass``), also after a restart. It reaches
+            the server on its standard input, never on its command line (``ps`` shows that),
+            and is not in :attr:`url`.
 
     Raises:
         FileNotFoundError: ``redis-server`` is not installed.
     """
 
-    def __init__(self, executable: str = "redis-server", *, cluster_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        executable: str = "redis-server",
+        *,
+        cluster_dir: str | None = None,
+        password: str | None = None,
+    ) -> None:
         found = shutil.which(executable)
         if found is None:
             raise FileNotFoundError(f"{executable} is not installed (apt-get install redis-server)")
+        if password is not None and not password:
+            raise ValueError("a password cannot be empty (leave it out for none)")
         self.executable = found
         # A cluster node also listens on port + 10000 for its bus, so its port stays below 55536.
         self.port = _free_port() if cluster_dir is None else _free_cluster_port()
         self.process: Any = None
+        self.password = password
         self._cluster_dir = cluster_dir  # a cluster node keeps its nodes.conf here
+
+    def __repr__(self) -> str:
+        guarded = ", password=***" if self.password is not None else ""
+        return f"RedisServer(port={self.port}{guarded})"
 
     @property
     def url(self) -> str:
@@ -307,8 +323,10 @@ class RedisServer:
         """Start the server and wait until it answers PING."""
         if self.process is not None:
             raise RuntimeError(f"the redis-server on port {self.port} is already running")
+        # "-" first: the configuration (the password) comes on standard input.
         arguments = [
             self.executable,
+            "-",
             "--port",
             str(self.port),
             "--bind",
@@ -331,33 +349,52 @@ class RedisServer:
             ]
         self.process = subprocess.Popen(
             arguments,
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        config = b""
+        if self.password is not None:
+            config = b'requirepass "%s"\n' % _config_escaped(self.password.encode())
+        self.process.stdin.write(config)
+        self.process.stdin.close()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                        if self._command(sock, b"PING") == b"+PONG":
+                            return self
+                except OSError:
+                    time.sleep(0.02)
+            raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _command(self, sock: socket.socket, *words: bytes) -> bytes:
+        """Send one command on ``sock`` (logged in first if the server has a password) and
+        return the first line of its reply."""
+        commands = [words]
+        if self.password is not None:
+            commands.insert(0, (b"AUTH", self.password.encode()))
+        sock.sendall(b"".join(_resp(*command) for command in commands))
+        reply = b""
+        while reply.count(b"\r\n") < len(commands):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        lines = reply.split(b"\r\n")
+        if self.password is not None and lines[0] != b"+OK":
+            raise RuntimeError(f"redis-server on port {self.port} refused the password")
+        return lines[len(commands) - 1]
 
     def set(self, key: str, value: bytes | str) -> None:
         """Store ``value`` under ``key`` (a plain SET over a fresh connection)."""
         data = value.encode() if isinstance(value, str) else value
-        command = b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-            len(key.encode()),
-            key.encode(),
-            len(data),
-            data,
-        )
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(command)
-            if not sock.recv(16).startswith(b"+OK"):
+            if self._command(sock, b"SET", key.encode(), data) != b"+OK":
                 raise RuntimeError(f"SET {key} failed")
 
     def pause(self) -> None:
@@ -385,6 +422,17 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _resp(*words: bytes) -> bytes:
+    """One command in Redis's wire protocol."""
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+def _config_escaped(value: bytes) -> bytes:
+    """``value`` for a double-quoted string of redis.conf: every byte as ``\\xHH``, so that
+    quotes, backslashes, spaces and newlines in it cannot end the string."""
+    return b"".join(b"\\x%02x" % byte for byte in value)
 
 
 def _free_port() -> int:
@@ -467,12 +515,18 @@ class LatencyProxy:
                     end.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        """Stop accepting and cut every proxied connection."""
+        """Stop accepting and cut every proxied connection; the proxy's threads then end."""
         self._closed.set()
+        # shutdown() before close(): closing a socket does not wake a thread blocked in its
+        # accept() or recv(), which would otherwise outlive the proxy.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
             for end in self._sockets:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     end.close()
             self._sockets.clear()
