@@ -25,6 +25,9 @@ from examples.search_service.app import ConfigError, HashedIds, Secret, Settings
 from examples.search_service.catalog import CATEGORIES, session_value
 from resilience.testing import RedisServer
 
+# On the real clock: run alone, after the parallel run (see the Makefile).
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "examples" / "search_service" / "policies.yaml"
 PASSWORD = "p@ss:w/rd#1 with spaces"  # quoted into the flags' URL by the app

@@ -20,6 +20,9 @@ from resilience.testing import RecordingSink, RedisClusterNodes, RedisServer, wa
 
 from .conftest import in_ci
 
+# On the real clock: run alone, after the parallel run (see the Makefile).
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def server(redis_server: RedisServer) -> RedisServer:

@@ -319,6 +319,7 @@ def _keys(server: RedisServer) -> list[bytes]:
         client.close()
 
 
+@pytest.mark.serial  # real reads with 10 ms cutoffs: run alone (see the Makefile)
 def test_a_redis_run_reads_sessions_from_redis_through_the_fault_proxy(
     redis_server: RedisServer,
 ) -> None:
