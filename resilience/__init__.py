@@ -5,6 +5,9 @@ a search service embeds an :class:`Engine` that runs that declaration on every r
 hard latency budget, and always answers. See ``docs/architecture.md``.
 """
 
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _distribution_version
+
 from ._breaker import BreakerOptions, BreakerSnapshot, CircuitBreaker
 from ._bulkhead import Bulkhead, BulkheadStats
 from ._clock import Clock, SystemClock
@@ -86,6 +89,12 @@ from ._steps import (
 from ._trace import Decision, Reason, StepRecord, Trace
 from .events import EVENTS, EventSink, EventSpec, NullSink, StructlogSink, register_event
 from .hookspecs import hookimpl
+
+try:
+    #: The release, read from the installed distribution: pyproject.toml holds the one copy.
+    __version__ = _distribution_version("search-resilience")
+except _NotInstalled:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BREAKER_STATES",

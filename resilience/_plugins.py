@@ -99,6 +99,15 @@ class PluginHost:
         self.manager.check_pending()
 
     def _register(self, name: str, plugin: object) -> list[str]:
+        needs = getattr(plugin, "RESILIENCE_API", hookspecs.API_VERSION)
+        if not isinstance(needs, int) or isinstance(needs, bool) or needs < 1:
+            raise PluginError(name, f"RESILIENCE_API is {needs!r}; it must be a whole number >= 1")
+        if needs > hookspecs.API_VERSION:
+            raise PluginError(
+                name,
+                f"needs plugin API {needs}; this release of search-resilience has "
+                f"{hookspecs.API_VERSION} (upgrade search-resilience, or pin an older plugin)",
+            )
         if self.manager.is_registered(plugin) or self.manager.has_plugin(name):
             raise PluginError(name, "registered twice (two entry points with the same name?)")
         self.manager.register(plugin, name=name)

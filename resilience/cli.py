@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="resilience",
         description="Declarative degradation policies for search personalization.",
     )
+    from . import FORMAT_VERSION, __version__  # noqa: PLC0415 - the package imports this module
+    from .hookspecs import API_VERSION  # noqa: PLC0415
+
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"search-resilience {__version__} (policy format {FORMAT_VERSION}, "
+        f"plugin API {API_VERSION})",
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     validate = commands.add_parser(

@@ -19,10 +19,18 @@ import pluggy
 
 from ._steps import Step
 
-__all__ = ["PROJECT", "hookimpl", "hookspec", "resilience_step_types"]
+__all__ = ["API_VERSION", "PROJECT", "hookimpl", "hookspec", "resilience_step_types"]
 
 #: The pluggy project name; hook names carry the ``resilience_`` prefix.
 PROJECT = "resilience"
+
+#: The version of the plugin API: these hooks and the step contract of :mod:`resilience._steps`
+#: (the classes, their methods, ``BuildContext``). It grows by one when a change could break a
+#: plugin written for the previous one; additions (a new optional hook, a new optional method
+#: with a default) keep it. A plugin that needs a newer API says so with a module or object
+#: attribute ``RESILIENCE_API = N``, and an older engine refuses it by name instead of failing
+#: at some later call. See docs/compatibility.md.
+API_VERSION = 1
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: Marks a plugin's implementation of a hook: ``@resilience.hookimpl``.

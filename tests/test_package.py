@@ -100,3 +100,37 @@ def test_the_pytest_plugin_gives_fixtures_to_a_fresh_session(
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_the_version_is_written_once_and_the_changelog_names_it() -> None:
+    """pyproject.toml holds the release; the package, the CLI and the changelog agree with it,
+    and no module writes it again."""
+    import re
+    import tomllib
+    from importlib.metadata import version
+
+    from resilience.cli import main
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert resilience.__version__ == version("search-resilience") == declared
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    releases = re.findall(r"(?m)^## (\S+)", changelog)
+    assert releases and releases[0] == declared, releases
+    for module in (ROOT / "resilience").rglob("*.py"):
+        assert f'"{declared}"' not in module.read_text(), f"{module} writes the version again"
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+
+
+def test_the_cli_names_the_versions_users_depend_on(capsys: pytest.CaptureFixture[str]) -> None:
+    from resilience.cli import main
+    from resilience.hookspecs import API_VERSION
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert out.strip() == (
+        f"search-resilience {resilience.__version__} "
+        f"(policy format {resilience.FORMAT_VERSION}, plugin API {API_VERSION})"
+    )

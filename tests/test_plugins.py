@@ -443,3 +443,32 @@ def test_a_tier_whose_params_do_not_forbid_unknown_keys_is_refused() -> None:
 
     with pytest.raises(PluginError, match=r"must subclass resilience\.TierParams"):
         PluginHost(extra=[Plugin()], entry_points_=[])
+
+
+class _NeedsAPI:
+    def __init__(self, api: object) -> None:
+        self.RESILIENCE_API = api
+
+    @hookspecs.hookimpl
+    def resilience_step_types(self) -> list[type]:
+        return []
+
+
+@pytest.mark.parametrize(
+    ("api", "message"),
+    [
+        (hookspecs.API_VERSION + 1, f"needs plugin API {hookspecs.API_VERSION + 1}"),
+        ("2", "must be a whole number"),
+        (True, "must be a whole number"),
+        (0, "must be a whole number"),
+    ],
+)
+def test_a_plugin_that_needs_a_newer_api_is_refused_by_name(api: object, message: str) -> None:
+    with pytest.raises(PluginError, match=message) as caught:
+        PluginHost(extra=[_NeedsAPI(api)], entry_points_=[])
+    assert "_NeedsAPI" in str(caught.value)
+
+
+def test_a_plugin_written_for_this_api_loads() -> None:
+    host = PluginHost(extra=[_NeedsAPI(hookspecs.API_VERSION)], entry_points_=[])
+    assert "unpersonalized" in host.names()
