@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from pydantic import BaseModel
@@ -26,7 +27,9 @@ from ._engine import Engine
 from ._errors import PluginError, PolicyIssue, PolicyValidationError
 from ._flags_cli import add_flags_command
 from ._lift import main_lift
+from ._plugins import PluginHost
 from ._policy import PolicySet, StepSpec, load_policies_file, read_policy_file
+from ._schema import policy_schema
 from ._yaml import Path as KeyPath
 from ._yaml import format_path, read_yaml
 from .events import NullSink
@@ -86,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--policy", help="show only this policy")
     explain.add_argument("--format", choices=("text", "json"), default="text")
     explain.set_defaults(run=_explain)
+
+    schema = commands.add_parser(
+        "schema",
+        help="print a JSON Schema of the policy file, with the steps of every installed plugin, "
+        "for editors (# yaml-language-server: $schema=...)",
+    )
+    schema.add_argument(
+        "--output", "-o", type=Path, help="write it to this file instead of standard output"
+    )
+    schema.set_defaults(run=_schema)
 
     demo = commands.add_parser(
         "demo",
@@ -283,6 +296,23 @@ def _validate(args: argparse.Namespace) -> int:
             f"{args.path}: valid ({len(loaded.policies)} polic"
             f"{'ies' if len(loaded.policies) != 1 else 'y'}: {names})"
         )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    try:
+        # Every installed plugin, allowed or not: an editor should know any step a policy
+        # file may name; whether it may load is the file's own settings.plugins.allow.
+        host = PluginHost(allow=None)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(policy_schema(host), indent=2, sort_keys=False) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
