@@ -472,3 +472,22 @@ def test_a_plugin_that_needs_a_newer_api_is_refused_by_name(api: object, message
 def test_a_plugin_written_for_this_api_loads() -> None:
     host = PluginHost(extra=[_NeedsAPI(hookspecs.API_VERSION)], entry_points_=[])
     assert "unpersonalized" in host.names()
+
+
+def test_the_example_plugin_appears_in_explain_when_a_policy_uses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resilience.cli import main
+
+    path = tmp_path / "policies.yaml"
+    path.write_text(
+        "version: 1\n"
+        "settings: {plugins: {allow: [trending]}}\n"
+        "policies:\n"
+        "  anonymous:\n"
+        "    chain: [{type: trending_region, timeout: 3ms}, unpersonalized]\n"
+    )
+    assert main(["explain", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1. trending_region (type trending_region, plugin trending)" in out
+    assert "attribute: region" in out
