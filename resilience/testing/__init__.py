@@ -23,6 +23,8 @@ from typing import Any
 
 from resilience._flag_feed import FeedSnapshot, FlagRecord
 
+from .traces import assert_trace, trace_problems
+
 __all__ = [
     "FakeClock",
     "FaultySource",
@@ -31,6 +33,8 @@ __all__ = [
     "RecordingSink",
     "RedisClusterNodes",
     "RedisServer",
+    "assert_trace",
+    "trace_problems",
     "wait_for",
     "wait_for_child",
 ]

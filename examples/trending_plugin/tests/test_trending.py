@@ -10,7 +10,7 @@ import pytest
 from resilience_trending import plugin
 
 from resilience import Affinities, Engine, Outcome, PluginHost, RequestContext
-from resilience.testing import FaultySource
+from resilience.testing import FaultySource, assert_trace, trace_problems
 
 POLICY = """
 version: 1
@@ -66,9 +66,9 @@ def test_a_slow_store_is_cut_and_the_chain_goes_on(
 ) -> None:
     store.slow(0.010)  # 10 ms on the fake clock, past the tier's 2 ms
     engine = make_engine(POLICY, {"trending_store": store}, plugins=host)
-    decision = engine.decide(request())
-    assert decision.trace.outcome_of("trending_region") is Outcome.TIMEOUT
-    assert decision.trace.served == "unpersonalized"
+    trace = engine.decide(request()).trace
+    assert_trace(trace, served="unpersonalized", outcomes={"trending_region": "timeout"})
+    assert trace_problems(trace) == []
 
 
 def test_a_failing_store_is_an_error_never_a_crash(
