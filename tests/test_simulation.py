@@ -290,7 +290,7 @@ def test_the_command_reports_a_bad_scenario_in_lines(
 # healthy time between them for the breaker to close again.
 REDIS_DRILL = """
 name: redis-drill
-duration: 90s
+duration: 110s
 world: {users: 600, items: 400, candidates: 20, rate: 10}
 phases:
   - {name: healthy, until: 20s}
