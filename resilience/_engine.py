@@ -900,24 +900,22 @@ class Engine:
                     if outcome is _OK:
                         served, signals = tier, result
                         break
-                if offloads and plan.post:
-                    candidates = await self._apost(
-                        plan, request, served, signals, deadline, records
-                    )
-                    return self._finish(
-                        plan,
-                        request,
-                        start,
-                        deadline,
-                        records,
-                        reason,
-                        served,
-                        signals,
-                        group,
-                        candidates,
-                    )
+                reranked = (
+                    await self._apost(plan, request, served, signals, deadline, records)
+                    if offloads and plan.post
+                    else None
+                )
                 return self._finish(
-                    plan, request, start, deadline, records, reason, served, signals, group
+                    plan,
+                    request,
+                    start,
+                    deadline,
+                    records,
+                    reason,
+                    served,
+                    signals,
+                    group,
+                    reranked,
                 )
             finally:
                 if shadowing is not None:
