@@ -30,6 +30,7 @@ from ._lift import main_lift
 from ._plugins import PluginHost
 from ._policy import PolicySet, StepSpec, load_policies_file, read_policy_file
 from ._schema import policy_schema
+from ._sources import SourceOptions
 from ._yaml import Path as KeyPath
 from ._yaml import format_path, read_yaml
 from .events import NullSink
@@ -217,12 +218,20 @@ def _offline(policies: PolicySet) -> PolicySet:
     (validating a file must not create one, nor need its salt, which CI does not have), and
     sources declared with ``redis:`` taken as plain ones, bound to stand-ins like the rest (CI
     has no Redis; the connection settings were validated when the file was read)."""
-    sources = {
-        name: options.model_copy(update={"redis": None}) if options.redis is not None else options
-        for name, options in policies.sources.items()
-    }
+    sources = {name: _offline_source(options) for name, options in policies.sources.items()}
     settings = policies.settings.model_copy(update={"exposures": None})
     return dataclasses.replace(policies, settings=settings, sources=sources)
+
+
+def _offline_source(options: SourceOptions) -> SourceOptions:
+    # A breaker shared across the fleet is local here: its Redis was validated with the file,
+    # and a CI job has neither that Redis nor the variable naming it.
+    if options.redis is not None:
+        options = options.model_copy(update={"redis": None})
+    breaker = options.breaker
+    if breaker is not None and breaker.fleet is not None:
+        options = options.model_copy(update={"breaker": breaker.model_copy(update={"fleet": None})})
+    return options
 
 
 def _stand_in(key: str) -> None:

@@ -473,3 +473,21 @@ def test_validate_accepts_redis_declared_sources_and_flags_without_connecting(
     path.write_text(text)
     assert main(["validate", str(path)]) == 0
     assert "valid (1 policy: search)" in capsys.readouterr().out
+
+
+def test_validate_needs_neither_the_fleets_redis_nor_the_variable_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A CI job validating the file has no FLEET_REDIS_URL: the fleet's settings are checked
+    # when the file is read, and the breaker is built local.
+    monkeypatch.delenv("FLEET_REDIS_URL", raising=False)
+    text = REFERENCE_POLICIES.read_text().replace(
+        "  profile_store:\n    breaker:\n",
+        "  profile_store:\n    breaker:\n      fleet: {url_env: FLEET_REDIS_URL}\n",
+        1,
+    )
+    assert "FLEET_REDIS_URL" in text
+    path = tmp_path / "policies.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert "valid (1 policy: search)" in capsys.readouterr().out
