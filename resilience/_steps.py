@@ -221,6 +221,12 @@ class Step:
     #: thread would not share back.
     bulkhead_refusal: ClassVar[str | None] = None
 
+    #: The event and metric names this step type emits beyond what every step has (its trace
+    #: entry and ``resilience_step_outcomes_total``), each registered with
+    #: :func:`~resilience.register_event` or :func:`~resilience.register_metric` (a counter by
+    #: its exposed name, with ``_total``). The docs' telemetry table of the step is made from it.
+    telemetry: ClassVar[tuple[str, ...]] = ()
+
     #: The bulkhead the engine runs this step on (``isolation: bulkhead`` in its declaration),
     #: set by the engine after the step is built; ``None``: a plain call. Not for the step.
     isolated_by: StepBulkhead | None = None

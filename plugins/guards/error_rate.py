@@ -91,6 +91,19 @@ class ErrorRateGuard(Guard):
 
     name = "error_rate"
     Params = ErrorRateParams
+    # Its window is a circuit breaker over requests, named <policy>.<step id>: the breaker's
+    # events and readings are the guard's.
+    telemetry = (
+        "resilience.breaker.opened",
+        "resilience.breaker.half_opened",
+        "resilience.breaker.closed",
+        ERROR_RATIO,
+        "resilience_breaker_state",
+        "resilience_breaker_forced",
+        "resilience_breaker_failure_ratio",
+        "resilience_breaker_slow_call_ratio",
+        "resilience_breaker_window_calls",
+    )
     bulkhead_refusal = (
         "check() hands observe() the request's ticket in the caller's context, which a worker "
         "thread does not share back; the guard computes on memory and needs no bulkhead"

@@ -355,6 +355,13 @@ class StreamLagGuard(Guard):
 
     name = "stream_lag"
     Params = StreamLagParams
+    telemetry = (
+        STREAM_LAG_TRIPPED,
+        STREAM_LAG_RECOVERED,
+        LAG,
+        LAG_TRIPPED,
+        LAG_THRESHOLD,
+    )
 
     def __init__(self, params: StepParams, context: BuildContext) -> None:
         super().__init__(params, context)

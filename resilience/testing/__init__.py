@@ -23,6 +23,7 @@ from typing import Any
 
 from resilience._flag_feed import FeedSnapshot, FlagRecord
 
+from .contract import assert_plugin, plugin_problems
 from .traces import assert_trace, trace_problems
 
 __all__ = [
@@ -33,7 +34,9 @@ __all__ = [
     "RecordingSink",
     "RedisClusterNodes",
     "RedisServer",
+    "assert_plugin",
     "assert_trace",
+    "plugin_problems",
     "trace_problems",
     "wait_for",
     "wait_for_child",
