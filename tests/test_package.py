@@ -134,3 +134,21 @@ def test_the_cli_names_the_versions_users_depend_on(capsys: pytest.CaptureFixtur
         f"search-resilience {resilience.__version__} "
         f"(policy format {resilience.FORMAT_VERSION}, plugin API {API_VERSION})"
     )
+
+
+def test_the_example_plugin_depends_on_this_distribution_and_only_its_compatible_releases() -> None:
+    # "resilience" on PyPI is an unrelated project: a plugin naming it installs someone else's
+    # code beside the engine.
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    example = tomllib.loads((ROOT / "examples" / "trending_plugin" / "pyproject.toml").read_text())
+    requirements = [Requirement(r) for r in example["project"]["dependencies"]]
+    engine = [r for r in requirements if r.name == ours["name"]]
+    assert len(engine) == 1, requirements
+    assert Version(ours["version"]) in engine[0].specifier
+    assert not engine[0].specifier.contains("1.0"), "pin below the next major release"
+    assert {r.name.lower() for r in requirements} & {"resilience"} == set()

@@ -10,7 +10,7 @@ import pytest
 from resilience_trending import plugin
 
 from resilience import Affinities, Engine, Outcome, PluginHost, RequestContext
-from resilience.testing import FaultySource, assert_trace, trace_problems
+from resilience.testing import FaultySource, assert_plugin, assert_trace, trace_problems
 
 POLICY = """
 version: 1
@@ -99,3 +99,8 @@ def test_it_runs_under_adecide_with_an_async_store(
     engine = make_engine(POLICY, {"trending_store": trending}, plugins=host)
     decision = asyncio.run(engine.adecide(request()))
     assert decision.trace.served == "trending_region"
+
+
+def test_the_plugin_keeps_the_contract() -> None:
+    # described parameters, declared telemetry, and nothing to read is a miss, never an error
+    assert_plugin(plugin)
