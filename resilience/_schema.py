@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ._durations import format_duration
 from ._isolation import StepIsolation
 from ._plugins import PluginHost
 from ._policy import _STEP_ID, FORMAT_VERSION, MODES_OF_GUARD, MODES_OF_TIER, _FileDecl
@@ -29,6 +30,8 @@ __all__ = ["policy_schema"]
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 _LISTS = {StepKind.GUARD: "guards", StepKind.TIER: "chain", StepKind.POST: "post"}
+#: What the pattern of every duration in the schema ends with (``_durations.Duration``).
+_DURATION_UNITS = "(us|ms|s|m|h)"
 
 
 def policy_schema(plugins: PluginHost) -> dict[str, Any]:
@@ -41,6 +44,7 @@ def policy_schema(plugins: PluginHost) -> dict[str, Any]:
         defs[name] = _step_schema(plugins, kind, defs)
         policy["properties"][key]["items"] = {"$ref": f"#/$defs/{name}"}
     policy["title"] = "A policy"
+    _durations_as_written(schema)
     return {
         "$schema": DIALECT,
         "$id": f"urn:search-resilience:policy-file:{FORMAT_VERSION}",
@@ -105,3 +109,30 @@ def _step_schema(plugins: PluginHost, kind: StepKind, defs: dict[str, Any]) -> d
             },
         ]
     }
+
+
+def _durations_as_written(node: Any) -> None:
+    """Duration defaults in the file's own spelling (``"10ms"``), not pydantic's float seconds:
+    an editor that fills in a default must write what the validator accepts."""
+    if isinstance(node, list):
+        for item in node:
+            _durations_as_written(item)
+        return
+    if not isinstance(node, dict):
+        return
+    default = node.get("default")
+    if isinstance(default, int | float) and _is_seconds(default) and _is_duration(node):
+        node["default"] = format_duration(float(default))
+    elif isinstance(default, list) and _is_duration(node.get("items", {})):
+        node["default"] = [format_duration(float(d)) if _is_seconds(d) else d for d in default]
+    for value in node.values():
+        _durations_as_written(value)
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_duration(node: dict[str, Any]) -> bool:
+    members = [node, *node.get("anyOf", ())]
+    return any(_DURATION_UNITS in str(member.get("pattern", "")) for member in members)

@@ -111,3 +111,30 @@ def test_the_cli_prints_it_and_writes_it(
     target = tmp_path / "policies.schema.json"
     assert main(["schema", "-o", str(target)]) == 0
     assert json.loads(target.read_text()) == printed
+
+
+def test_every_default_in_it_is_a_value_it_accepts() -> None:
+    # An editor fills in a default where the author asks for one: it must be what the file
+    # takes (a duration as "10ms", never pydantic's float seconds).
+    schema = policy_schema(PluginHost(allow=None))
+    found: list[tuple[str, Any, dict[str, Any]]] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if "default" in node and node["default"] is not None:
+                found.append((path, node["default"], node))
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}/{index}")
+
+    walk(schema, "")
+    assert len(found) > 50
+    refused = []
+    for path, default, node in found:
+        own = {k: v for k, v in node.items() if k != "default"}
+        checker = jsonschema.Draft202012Validator({"$defs": schema["$defs"], **own})
+        if not checker.is_valid(default):
+            refused.append(f"{path}: {default!r}")
+    assert not refused, refused
