@@ -82,8 +82,12 @@ class PluginHost:
             if self._entry_points is None
             else self._entry_points
         )
+        #: Installed third-party plugins the allowlist leaves out, by entry-point name (never
+        #: imported: a validation error names them when a step type is unknown).
+        self.not_allowed: tuple[str, ...] = ()
         for ep in sorted(found, key=lambda e: e.name):
             if allow is not None and ep.name not in allow:
+                self.not_allowed = (*self.not_allowed, ep.name)
                 continue
             try:
                 loaded = ep.load()

@@ -691,11 +691,14 @@ class _Checker:
                 f"move it under '{section[found.kind]}'",
             )
             return
-        self.add(
-            path,
-            f"unknown {kind.value} type {name!r}",
-            _suggest(name, plugins.names(kind), f"{kind.value} type"),
-        )
+        hint = _suggest(name, plugins.names(kind), f"{kind.value} type")
+        if plugins.not_allowed and not hint.startswith("did you mean"):
+            # Installed is not admitted (settings.plugins.allow): say so, without importing.
+            hint = (
+                f"{hint}; installed but not in settings.plugins.allow: "
+                f"{', '.join(plugins.not_allowed)} (add the plugin that provides it)"
+            ).lstrip("; ")
+        self.add(path, f"unknown {kind.value} type {name!r}", hint)
 
     def chain_rules(
         self, path: Path, body: dict[str, Any], chain: tuple[StepSpec, ...], budget: float | None

@@ -18,6 +18,7 @@ from resilience import (
     Outcome,
     PluginError,
     PluginHost,
+    PolicyValidationError,
     Reason,
     RequestContext,
     hookspecs,
@@ -491,3 +492,21 @@ def test_the_example_plugin_appears_in_explain_when_a_policy_uses_it(
     out = capsys.readouterr().out
     assert "1. trending_region (type trending_region, plugin trending)" in out
     assert "attribute: region" in out
+
+
+def test_an_unknown_type_names_the_installed_plugins_the_allowlist_leaves_out() -> None:
+    # The entry point's module does not exist: the hint must come without importing it.
+    host = PluginHost(
+        allow=[], entry_points_=[entry_point("acme", "tests.plugin_fixtures.no_such_module")]
+    )
+    assert host.not_allowed == ("acme",)
+    text = "version: 1\npolicies:\n  p:\n    chain: [trending_region, unpersonalized]\n"
+    with pytest.raises(PolicyValidationError) as refused:
+        load_policies(text, plugins=host)
+    assert refused.value.issues[0].hint.endswith(
+        "; installed but not in settings.plugins.allow: acme (add the plugin that provides it)"
+    )
+    close = text.replace("trending_region", "sesion")  # a typo of a known type: no such hint
+    with pytest.raises(PolicyValidationError) as typo:
+        load_policies(close, plugins=host)
+    assert typo.value.issues[0].hint == "did you mean 'session'?"
