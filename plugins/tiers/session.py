@@ -60,7 +60,9 @@ class SessionParams(TierParams):
         default=0.005,
         gt=0,
         description="Cutoff for the profile read, within the tier's timeout: a slow profile "
-        "store costs the blend, never the session signals.",
+        "store costs the blend, not the session signals, where the read can be cut (an async "
+        "store, a bulkhead, or a client that honours its timeout); a blocking call inline that "
+        "outlasts the tier's timeout costs the tier.",
     )
     blend_k: float = Field(
         default=3.0,
@@ -148,7 +150,8 @@ def blend(
     """Session signals blended with the profile: ``(categories, items, session_weight)``.
 
     Raises:
-        GarbageData: the session or profile holds values of the wrong type.
+        GarbageData: the session holds values of the wrong type (a malformed profile is no
+            profile: the session signals serve alone).
     """
     clicks = state.clicks[-params.max_clicks :]
     categories: dict[str, float] = {}
@@ -169,8 +172,11 @@ def blend(
     items = _scaled(items)
     if profile is None:
         return categories, items, 1.0
-    profile_categories = normalize_weights(profile.categories)
-    profile_items = normalize_weights(profile.items)
+    try:
+        profile_categories = normalize_weights(profile.categories)
+        profile_items = normalize_weights(profile.items)
+    except GarbageData:
+        return categories, items, 1.0  # a malformed profile costs the blend, not the session
     if not profile_categories and not profile_items:
         return categories, items, 1.0
     w = session_weight(len(clicks), params.blend_k, params.max_session_weight)

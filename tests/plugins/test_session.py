@@ -64,6 +64,26 @@ def test_an_empty_profile_counts_as_none() -> None:
     assert weight == 1.0
 
 
+@pytest.mark.parametrize("weight", [-1.0, math.nan, math.inf])
+def test_a_malformed_profile_costs_the_blend_not_the_session(
+    make_engine: Callable[..., Engine], weight: float
+) -> None:
+    categories, _, w = blend(clicks("shoes"), Affinities({"a": weight}), SessionParams(), 0.0)
+    assert (categories, w) == ({"shoes": 1.0}, 1.0)
+    engine = make_engine(
+        POLICY.format(params="timeout: 10ms"),
+        {
+            "session_store": lambda key: clicks("shoes"),
+            "profile_store": lambda key: Affinities({"books": 1.0}, {"i9": weight}),
+        },
+    )
+    decision = engine.decide(RequestContext(user_id="u", session_id="s"))
+    assert decision.trace.outcome_of("session") is Outcome.OK
+    assert decision.signals is not None
+    assert decision.signals.sources == ("session_store",)
+    assert dict(decision.signals.categories) == {"shoes": 1.0}
+
+
 def test_only_the_newest_clicks_count() -> None:
     state = clicks("old", "old", "new", "new")
     categories, _, _ = blend(state, None, SessionParams(max_clicks=2), now=0.0)
