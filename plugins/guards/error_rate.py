@@ -7,7 +7,8 @@ rule:
   personalized tier could serve because of failures (a tier ended in ``error``, ``timeout``,
   ``garbage``, ``rejected`` or ``breaker_open`` and the terminal tier served), or when a post step
   failed. A request whose tiers all missed (a new user, an anonymous visitor) counts neither way,
-  nor does one switched off by another guard (a kill switch, the holdout);
+  nor does one switched off by another guard, a kill switch or the holdout (which skip the
+  guards altogether);
 - ``any_failure``: stricter; the request failed when any tier or post step failed, even if a
   fallback tier then served.
 
@@ -135,7 +136,7 @@ class ErrorRateGuard(Guard):
             ),
         )
         self._labels = {"policy": context.policy, "step": self.step_id}
-        self._reason = f"failed share above {params.threshold:.0%}"
+        self._reason = f"failed share above {params.threshold * 100:.4g}%"  # 0.025: "2.5%"
         self._strict = params.count == "any_failure"
         tiers = [step for step, kind in context.steps.items() if kind is StepKind.TIER]
         self._personalized = frozenset(tiers[:-1])

@@ -250,3 +250,21 @@ def test_a_cancelled_probe_does_not_leave_it_stuck(
     reasons = asyncio.run(scenario())
     # the cancelled probe gave its place back: the next request probes, succeeds, closes it
     assert reasons == [Reason.PRIMARY, Reason.PRIMARY]
+
+
+@pytest.mark.parametrize(("threshold", "said"), [("0.025", "2.5%"), ("0.2", "20%")])
+def test_the_reason_names_the_threshold_as_written(
+    make_engine: Callable[..., Engine],
+    profiles: FaultySource,
+    segments: FaultySource,
+    threshold: str,
+    said: str,
+) -> None:
+    engine = build(make_engine, profiles, segments, extra=f", threshold: {threshold}")
+
+    def fail() -> None:
+        profiles.raises()
+        segments.raises()
+
+    run(engine, ok=0, failed=100, fail=fail, heal=profiles.healthy)
+    assert f"error_rate=disabled[failed share above {said}]" in str(engine.decide(USER).trace)
