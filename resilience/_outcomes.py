@@ -36,8 +36,9 @@ class Outcome(StrEnum):
     ``rejected``
         Not tried: the step's bulkhead was full.
     ``disabled``
-        Not tried or not applied: switched off by a guard, a kill switch or a flag. For a guard,
-        ``disabled`` means the guard tripped and switched personalization off for this request.
+        Recorded by a guard only: it tripped and switched personalization off for this request.
+        The tiers it left out have no record (the terminal tier's serves); a kill switch or a
+        flag records ``switched_off``.
     ``switched_off``
         Not run: the step is switched off, by a flag or by its ``mode: off`` in the policy. The
         detail names where the switch came from (``flag:redis``, ``policy``...).

@@ -231,6 +231,15 @@ class RedisConnection(BaseModel):
         "dropped), read at start and by every new connection.",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, url: str | None) -> str | None:
+        # Checked when the file is read, so that CI's offline validate refuses it too; a URL
+        # from url_env is checked where the service resolves it.
+        if url is not None:
+            check_url(url, "url")
+        return url
+
     @field_validator("url_env")
     @classmethod
     def _one_url(cls, url_env: str | None, info: ValidationInfo) -> str | None:

@@ -34,6 +34,7 @@ from .events import EventSink
 
 __all__ = [
     "IN_SHADOW",
+    "OFFLINE",
     "BuildContext",
     "Guard",
     "PostStep",
@@ -53,6 +54,10 @@ T = TypeVar("T")
 #: policies read (a shared cache) skips the write then: a policy in shadow changes nothing.
 #: A context variable: right per thread and per asyncio task.
 IN_SHADOW: ContextVar[bool] = ContextVar("resilience_in_shadow", default=False)
+
+#: True while an engine is built only to check a policy file (``resilience validate``): steps
+#: make no connection and read no secret then. Read it through :attr:`BuildContext.offline`.
+OFFLINE: ContextVar[bool] = ContextVar("resilience_offline", default=False)
 
 
 class StepKind(StrEnum):
@@ -154,6 +159,14 @@ class BuildContext:
         self._shared = shared
         self._inherited: Mapping[object, Any] = inherited or {}
         self._requested: list[BoundSource] = []
+
+    @property
+    def offline(self) -> bool:
+        """Whether this build only checks a policy file (``resilience validate`` in CI): the
+        step validates what it can but makes no connection and reads no secret or environment
+        variable, which CI does not have. The engine is closed right after; it serves nothing.
+        """
+        return OFFLINE.get()
 
     @property
     def requested(self) -> tuple[BoundSource, ...]:

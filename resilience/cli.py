@@ -31,6 +31,7 @@ from ._plugins import PluginHost
 from ._policy import PolicySet, StepSpec, load_policies_file, read_policy_file
 from ._schema import policy_schema
 from ._sources import SourceOptions
+from ._steps import OFFLINE
 from ._yaml import Path as KeyPath
 from ._yaml import format_path, read_yaml
 from .events import NullSink
@@ -179,7 +180,11 @@ def _load(path: str, fmt: str = "text", *, build: bool = False) -> PolicySet | i
             # Wiring across steps is checked when an engine is built; build one on stand-in
             # sources so that CI sees those errors too. Real sources are bound by the service.
             stand_ins = dict.fromkeys(loaded.source_names(), _stand_in)
-            Engine(_offline(loaded), stand_ins, events=NullSink(), flag_feeds=()).close()
+            offline = OFFLINE.set(True)  # steps connect to nothing, read no secret
+            try:
+                Engine(_offline(loaded), stand_ins, events=NullSink(), flag_feeds=()).close()
+            finally:
+                OFFLINE.reset(offline)
         return loaded
     except PolicyValidationError as exc:
         if fmt == "json":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from resilience import load_policies_file
+from resilience import Engine, PolicyValidationError, load_policies_file
 from resilience.cli import main
 
 #: The reference file (as ``conftest.REFERENCE_POLICIES``; conftest is not importable here).
@@ -491,3 +491,22 @@ def test_validate_needs_neither_the_fleets_redis_nor_the_variable_naming_it(
     path.write_text(text)
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
     assert "valid (1 policy: search)" in capsys.readouterr().out
+
+
+def test_validate_reads_no_variable_a_step_s_redis_names_but_the_service_build_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STREAM_REDIS_URL", raising=False)
+    text = REFERENCE_POLICIES.read_text().replace(
+        "    guards:\n",
+        "    guards:\n      - {type: stream_lag, redis: {url_env: STREAM_REDIS_URL}}\n",
+        1,
+    )
+    assert "STREAM_REDIS_URL" in text
+    path = tmp_path / "policies.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    # A service building it for real still refuses it, naming the variable.
+    stores = dict.fromkeys(["session_store", "profile_store", "segment_store"], lambda key: None)
+    with pytest.raises(PolicyValidationError, match="STREAM_REDIS_URL"):
+        Engine.from_file(str(path), stores, flag_feeds=()).close()

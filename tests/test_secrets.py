@@ -435,30 +435,35 @@ def test_unusable_login_settings_fail_the_build_naming_the_option(
     bad_url = f"redis://:{CORE}/x@127.0.0.1:1/0"
     monkeypatch.setenv("TEST_SECRETS_BAD_URL", bad_url)
     url = server.url
+    # (policy, the error, whether the file alone shows it). What only the service's environment
+    # resolves (a variable, a secret file) fails the service's build, never CI's offline
+    # validate, which has neither; what the file itself shows fails both.
     cases = [
-        (policy(url, f'password_file: "{tmp_path / "missing"}",'), "password_file '"),
-        (policy(url, f'password_file: "{empty}",'), "the file is empty"),
-        (policy(url, f'password_file: "{folder}",'), "cannot read it"),
-        (policy(url, f"password_env: {PASSWORD_VARIABLE},"), PASSWORD_VARIABLE),
+        (policy(url, f'password_file: "{tmp_path / "missing"}",'), "password_file '", False),
+        (policy(url, f'password_file: "{empty}",'), "the file is empty", False),
+        (policy(url, f'password_file: "{folder}",'), "cannot read it", False),
+        (policy(url, f"password_env: {PASSWORD_VARIABLE},"), PASSWORD_VARIABLE, False),
         (
             policy(url, f'password_file: "{empty}",').replace(
                 f'url: "{url}"', "url_env: TEST_SECRETS_URL_WITH_PASSWORD"
             ),
             "holds a password and password_file names another",
+            False,
         ),
         (
             policy(url).replace(f'url: "{url}"', "url_env: TEST_SECRETS_BAD_URL"),
             "TEST_SECRETS_BAD_URL (url_env) is not a valid Redis URL",
+            False,
         ),
-        (policy(bad_url), "url is not a valid Redis URL"),
+        (policy(bad_url), "url is not a valid Redis URL", True),
     ]
-    for text, expected in cases:
+    for text, expected, in_the_file in cases:
         path = write_policy(tmp_path, text)
         with pytest.raises(PolicyValidationError, match=re.escape(expected)) as caught:
             build(path, seen)
         seen.error(expected, caught.value)
-        assert cli(["validate", str(path)]) == 1  # the CLI builds an engine too
-        assert expected in seen.output()[1]
+        assert cli(["validate", str(path)]) == (1 if in_the_file else 0), expected
+        assert (expected in seen.output()[1]) is in_the_file
     # Each kind of connection on its own, as code that makes one sees the error.
     for keys in (
         {"url": bad_url},

@@ -40,6 +40,19 @@ def test_a_lag_above_the_threshold_trips_and_one_at_it_does_not(fake_clock: Fake
     assert lag.verdict == "stream lag 30s above 30s"
 
 
+def test_a_failed_read_makes_the_lag_unknown_whether_or_not_it_trips(fake_clock: FakeClock) -> None:
+    lag = state(fake_clock)
+    now = fake_clock.wall()
+    lag.observe(now, now - 45.0)
+    assert (lag.verdict, lag.lag) == ("stream lag 45s above 30s", 45.0)
+    assert lag.observe(now + 1.0, None) is None  # off already: no transition...
+    assert lag.lag is None  # ...but the gauge must not go on showing 45 s (it reads NaN)
+    fresh = state(fake_clock)
+    fresh.observe(now, now - 2.0)
+    assert fresh.observe(now + 1.0, None) is None  # within its grace: still on
+    assert (fresh.verdict, fresh.lag) == (None, None)
+
+
 def test_it_resumes_only_after_the_lag_stayed_below_resume_below_for_hold_for(
     fake_clock: FakeClock,
 ) -> None:
