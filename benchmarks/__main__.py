@@ -150,11 +150,9 @@ def _observability(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    if sys.argv[1:2] == ["profile"]:  # its own options (benchmarks/profile.py)
-        from . import profile  # noqa: PLC0415 - pyinstrument, a dev dependency, only here
-
-        return profile.main(sys.argv[2:])
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks`` (``profile`` has its own:
+    :func:`benchmarks.profile.parser`)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument(
         "suite",
@@ -192,7 +190,15 @@ def main() -> int:
     parser.add_argument(
         "--seed", type=int, default=1, help="soak: seeds the chaos schedule (default 1)"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["profile"]:  # its own options (benchmarks/profile.py)
+        from . import profile  # noqa: PLC0415 - pyinstrument, a dev dependency, only here
+
+        return profile.main(sys.argv[2:])
+    args = parser().parse_args()
     if args.suite == "soak":
         return _soak(args)
     if args.suite == "faults":
@@ -378,4 +384,5 @@ def _ratio_line(label: str, figures: dict[str, Any], subject: str, baseline: str
     )
 
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,13 +59,18 @@ def profile(*, asynchronous: bool, post: int, calls: int, baseline: bool) -> str
     return profiler.output_text(unicode=True, color=False)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks profile``."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks profile")
     parser.add_argument("--async", dest="asynchronous", action="store_true", help="adecide")
     parser.add_argument("--post", type=int, default=0, help="post steps over N candidates")
     parser.add_argument("--calls", type=int, default=20_000, help="decisions profiled")
     parser.add_argument("--baseline", action="store_true", help="the hand-written code instead")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     print(
         profile(
             asynchronous=args.asynchronous,

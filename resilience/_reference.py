@@ -31,7 +31,7 @@ from ._steps import _is_source_annotation
 from .events import EVENTS
 from .metrics import METRICS
 
-__all__ = ["parameter_table", "render_parameter_tables"]
+__all__ = ["parameter_table", "render_parameter_tables", "telemetry_table"]
 
 
 def parameter_table(step_type: StepType | type[BaseModel]) -> str:
@@ -47,7 +47,7 @@ def parameter_table(step_type: StepType | type[BaseModel]) -> str:
         if _is_source_annotation(info.annotation, info.metadata):
             kind = kind.replace("string", "source name")
         rows.append(
-            f"| `{name}` | {kind} | {_default(info)} | "
+            f"| `{name}` | {kind} | {_default(info, duration='duration' in kind)} | "
             f"{(info.description or '').replace('|', '/')} |"
         )
     return "\n".join(rows)
@@ -66,23 +66,23 @@ def _schema_type(prop: dict[str, Any]) -> str:
     return str(kind)
 
 
-def _is_duration(info: FieldInfo) -> bool:
-    return any(type(m).__name__ == "BeforeValidator" for m in info.metadata)
-
-
-def _default(info: FieldInfo) -> str:
+def _default(info: FieldInfo, *, duration: bool) -> str:
     if info.default is PydanticUndefined and info.default_factory is None:
         return "required"
     value: Any = info.get_default(call_default_factory=True)
-    if _is_duration(info) and isinstance(value, float):
+    if duration and isinstance(value, float):
         return f"`{format_duration(value)}`"
+    if duration and isinstance(value, tuple | list):  # a list of durations, as YAML writes it
+        return f"`[{', '.join(format_duration(float(v)) for v in value)}]`"
     if isinstance(value, BaseModel):
         return "see below"  # a nested options model: its own table follows
     return f"`{json.dumps(value)}`"
 
 
 _MARKER = re.compile(
-    r"(<!-- params:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /params -->)", re.S
+    r"(<!-- (?P<kind>params|telemetry):(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)"
+    r"(<!-- /(?P=kind) -->)",
+    re.S,
 )
 
 
@@ -125,26 +125,61 @@ def metric_table() -> str:
 _GENERATED = {"events": event_table, "metrics": metric_table}
 
 
+def telemetry_table(step_type: StepType) -> str:
+    """A Markdown table of what a step type emits beyond every step's trace entry and outcome
+    counter (:attr:`Step.telemetry`): events with their level, metrics with their type and
+    labels, and what each means."""
+    rows = ["| name | kind | meaning |", "| --- | --- | --- |"]
+    for name in step_type.telemetry:
+        event = EVENTS.get(name)
+        metric = METRICS.get(name)
+        if event is not None:
+            kind, meaning = f"event, {event.level}", event.description
+        elif metric is not None:
+            labels = ", ".join(f"`{label}`" for label in metric.labels)
+            kind, meaning = f"{metric.kind} ({labels})", metric.help
+        else:
+            raise LookupError(
+                f"{step_type.name}.telemetry names {name!r}, which no register_event or "
+                "register_metric declared"
+            )
+        rows.append(f"| `{name}` | {kind} | {meaning.replace('|', '/')} |")
+    if len(rows) == 2:
+        rows.append("| - | - | nothing beyond the trace entry and the outcome counter |")
+    return "\n".join(rows)
+
+
 def render_parameter_tables(markdown: str, host: PluginHost) -> str:
     """``markdown`` with every ``<!-- params:NAME -->`` block regenerated from its model."""
 
     def table(match: re.Match[str]) -> str:
         name = match.group("name")
+        opening, closing = match.group(1), match.group(5)
+        if match.group("kind") == "telemetry":
+            return f"{opening}{telemetry_table(host.step_types[name])}\n{closing}"
         generated = _GENERATED.get(name)
         if generated is not None:
-            return f"{match.group(1)}{generated()}\n{match.group(4)}"
+            return f"{opening}{generated()}\n{closing}"
         documented = _OPTION_MODELS.get(name) or host.step_types[name]
-        return f"{match.group(1)}{parameter_table(documented)}\n{match.group(4)}"
+        return f"{opening}{parameter_table(documented)}\n{closing}"
 
     return _MARKER.sub(table, markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m resilience._reference FILE...``: regenerate the tables in place."""
-    host = PluginHost(entry_points_=[])
+    host = PluginHost(allow=None)  # tooling: a plugin's own docs name its step types too
     for name in argv if argv is not None else sys.argv[1:]:
         path = Path(name)
-        path.write_text(render_parameter_tables(path.read_text(), host))
+        try:
+            path.write_text(render_parameter_tables(path.read_text(), host))
+        except KeyError as exc:
+            print(
+                f"{name}: no installed step type or options model {exc.args[0]!r} "
+                "(install the plugin that provides it, or fix the marker)",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

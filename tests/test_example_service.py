@@ -367,19 +367,3 @@ def test_the_load_script_runs_end_to_end(redis_server: RedisServer, tmp_path: Pa
     assert (report["admin_without_token"], report["admin_with_wrong_token"]) == (401, 403)
     assert report["secrets_in_log"] is False
     assert report["service_shutdown"] == "clean"
-
-
-def test_the_docs_excerpts_are_the_apps_code() -> None:
-    """docs/example-service.md quotes app.py in ```py blocks (not run by test_docs: they need
-    the app around them); each must be a run of lines of app.py, indentation aside."""
-
-    def lines(text: str) -> list[str]:
-        return [line.strip() for line in text.splitlines() if line.strip()]
-
-    doc = (ROOT / "docs" / "example-service.md").read_text()
-    source = lines((ROOT / "examples" / "search_service" / "app.py").read_text())
-    blocks = re.findall(r"```py\n(.*?)```", doc, re.S)
-    assert len(blocks) == 2
-    for block in blocks:
-        excerpt = lines(block)
-        assert any(source[n : n + len(excerpt)] == excerpt for n in range(len(source))), excerpt[0]

@@ -522,7 +522,7 @@ def test_the_documented_alert_rules_parse_and_name_only_metrics_that_exist() -> 
 
     page = (ROOT / "docs" / "observability.md").read_text()
     section = page.split("## Example alert rules", 1)[1]
-    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    block = section.split("```yaml prometheus\n", 1)[1].split("```", 1)[0]
     rules = yaml.safe_load(block)["groups"][0]["rules"]
     assert {rule["alert"] for rule in rules} >= {
         "PersonalizationErrorRateHigh",

@@ -355,13 +355,18 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: everything started is stopped
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m examples.search_service.load``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds in all")
     parser.add_argument("--rate", type=float, help="requests per second (default 200, quick 100)")
     parser.add_argument("--duration", type=float, help="seconds a phase (default 10, quick 1.5)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     rate = args.rate or (100.0 if args.quick else 200.0)
     duration = args.duration or (1.5 if args.quick else 10.0)
     warmup = 0.5 if args.quick else 2.0

@@ -72,7 +72,7 @@ class TrendingRegionTier(Tier):
     def _signals(self, found: object) -> Signals | None:
         if found is None:
             return None
-        if not isinstance(found, Affinities):  # a source bound without a breaker
+        if not isinstance(found, Affinities):  # expect= refused it already; this narrows
             raise GarbageData(f"expected Affinities, got {type(found).__name__}")
         weights = normalize_weights(found.categories)
         return Signals(weights, {}, self.step_id, (self._source.name,)) if weights else None
