@@ -13,6 +13,7 @@ or request id).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -51,6 +52,8 @@ class MetricSpec:
     kind: Literal["counter", "gauge", "histogram"]
     labels: tuple[str, ...]
     help: str
+    #: The module that registered it (:func:`register_metric`); "" for the engine's own.
+    module: str = ""
 
 
 #: Every metric the engine and the built-in steps export, by its exposed name (counters end in
@@ -181,7 +184,8 @@ def register_metric(
     """Declare a metric a step module exports through :meth:`Step.readings`; returns ``name``
     (a counter's as read, without ``_total``). Idempotent."""
     exposed = f"{name}_total" if kind == "counter" else name
-    METRICS.setdefault(exposed, MetricSpec(kind, tuple(labels), help))
+    module = str(sys._getframe(1).f_globals.get("__name__", ""))  # whose telemetry it is
+    METRICS.setdefault(exposed, MetricSpec(kind, tuple(labels), help, module))
     return name
 
 

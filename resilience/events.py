@@ -41,6 +41,8 @@ class EventSpec:
 
     level: str
     description: str
+    #: The module that registered it (:func:`register_event`); "" for the engine's own.
+    module: str = ""
 
 
 POLICY_LOADED = "resilience.policy.loaded"
@@ -101,8 +103,15 @@ def use_json_logging(
 
 def register_event(name: str, level: str, description: str) -> str:
     """Declare an event name a step module emits; returns the name. Idempotent."""
-    EVENTS.setdefault(name, EventSpec(level, description))
+    EVENTS.setdefault(name, EventSpec(level, description, _caller_module()))
     return name
+
+
+def _caller_module() -> str:
+    # The module calling register_*: the docs and the plugin contract check tell a step's own
+    # telemetry from names its module merely imports.
+    frame = sys._getframe(2)
+    return str(frame.f_globals.get("__name__", ""))
 
 
 @runtime_checkable

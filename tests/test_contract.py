@@ -122,8 +122,8 @@ def test_telemetry_that_is_not_registered_or_not_declared_fails_it() -> None:
     # its module registers contract_test_lookups: the step must list it
     problems = plugin_problems(plugin_of(CountedTier))
     assert problems == [
-        "counted: its module registers 'contract_test_lookups', which its telemetry does not "
-        "list (the docs' telemetry table is made of that list)"
+        "counted: its module registers 'contract_test_lookups_total', which no step type of "
+        "that module lists in its telemetry (the docs' telemetry table is made of that list)"
     ]
     declared = type("Declared", (CountedTier,), {"telemetry": ("contract_test_lookups_total",)})
     assert plugin_problems(plugin_of(declared)) == []
@@ -148,3 +148,26 @@ def test_a_plugin_that_does_not_load_or_contributes_nothing_fails_it() -> None:
     assert plugin_problems(SimpleNamespace()) == [
         "the plugin contributes no step type (resilience_step_types returned none)"
     ]
+
+
+def test_two_step_types_of_one_module_share_its_telemetry_and_imports_do_not_count() -> None:
+    # This module imports a registered name from the engine (EVENTS), and the fixture module
+    # registers one metric that only one of its two step types lists: both are fine.
+    from .plugin_fixtures import counted
+
+    listing = type(
+        "Listing", (counted.CountedTier,), {"telemetry": ("contract_test_lookups_total",)}
+    )
+    quiet = type("Quiet2", (counted.CountedTier,), {"name": "counted_quiet"})
+    assert listing.__module__ == quiet.__module__ == "tests.test_contract"
+    listing.__module__ = quiet.__module__ = counted.__name__
+    assert plugin_problems(plugin_of(listing, quiet)) == []
+
+
+def test_it_runs_inside_a_running_event_loop() -> None:
+    import asyncio
+
+    async def in_a_test_loop() -> list[str]:
+        return plugin_problems(plugin_of(QuietTier))
+
+    assert asyncio.run(in_a_test_loop()) == []

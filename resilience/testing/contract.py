@@ -19,8 +19,8 @@ consistent.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -96,7 +96,7 @@ def step_type_problems(
     the loading): ``declared`` are its parameters in the policy the check builds."""
     return [
         *_described(step_type),
-        *_telemetry(step_type),
+        *_telemetry(step_type, host),
         *_runs_on_nothing(step_type, dict(declared), host, list(before)),
     ]
 
@@ -134,24 +134,33 @@ def _described(step_type: type[Step]) -> list[str]:
     return problems
 
 
-def _telemetry(step_type: type[Step]) -> list[str]:
+def _telemetry(step_type: type[Step], host: PluginHost) -> list[str]:
     problems = [
         f"telemetry names {name!r}, which no register_event or register_metric declared"
         for name in step_type.telemetry
         if name not in EVENTS and name not in METRICS
     ]
-    declared = {name.removesuffix("_total") for name in step_type.telemetry}
-    module = sys.modules.get(step_type.__module__)
-    for value in vars(module).values() if module is not None else ():
-        registered = isinstance(value, str) and (
-            value in EVENTS or value in METRICS or f"{value}_total" in METRICS
-        )
-        if registered and value.removesuffix("_total") not in declared:
-            problems.append(
-                f"its module registers {value!r}, which its telemetry does not list "
-                "(the docs' telemetry table is made of that list)"
-            )
+    problems.extend(
+        f"its module registers {name!r}, which no step type of that module lists in its "
+        "telemetry (the docs' telemetry table is made of that list)"
+        for name in unlisted_telemetry(step_type, host)
+    )
     return problems
+
+
+def unlisted_telemetry(step_type: type[Step], host: PluginHost) -> list[str]:
+    """The events and metrics the module of ``step_type`` registered that none of that
+    module's step types lists in ``telemetry`` (names it merely imports do not count)."""
+    module = step_type.__module__
+    listed = {
+        name
+        for sibling in host.step_types.values()
+        if sibling.__module__ == module
+        for name in sibling.telemetry
+    }
+    registered = [n for n, spec in EVENTS.items() if spec.module == module]
+    registered += [n for n, spec in METRICS.items() if spec.module == module]
+    return sorted(name for name in registered if name not in listed)
 
 
 def _policy_text(step_type: type[Step], declared: dict[str, Any], before: list[Any]) -> str:
@@ -179,16 +188,23 @@ def _runs_on_nothing(
             "with the parameters given, a policy using it does not validate (pass params= "
             f"for a required one): {'; '.join(issue.message for issue in exc.issues)}"
         ]
+    from resilience.testing import FakeClock  # noqa: PLC0415 - the package imports this module
+
     sources = dict.fromkeys(loaded.source_names(), _nothing)
     try:
-        engine = Engine(loaded, sources, events=NullSink(), flag_feeds=(), seed=0)
+        # A clock that stands still: a step is judged on what it answers, never on how fast a
+        # busy CI machine ran it.
+        engine = Engine(
+            loaded, sources, clock=FakeClock(), events=NullSink(), flag_feeds=(), seed=0
+        )
     except Exception as exc:
         return [f"an engine with it cannot be built: {type(exc).__name__}: {exc}"]
     try:
-        judged = [
-            _judged("decide", engine.decide(RequestContext()).trace),
-            _judged("adecide", asyncio.run(engine.adecide(RequestContext())).trace),
-        ]
+        judged = [_judged("decide", engine.decide(RequestContext()).trace)]
+        # On a loop of its own, in a thread: the caller may be a test running in an event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            decided = thread.submit(asyncio.run, engine.adecide(RequestContext())).result()
+        judged.append(_judged("adecide", decided.trace))
     finally:
         engine.close()
     return [problem for problem in judged if problem]
