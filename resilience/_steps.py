@@ -159,14 +159,10 @@ class BuildContext:
         self._shared = shared
         self._inherited: Mapping[object, Any] = inherited or {}
         self._requested: list[BoundSource] = []
-
-    @property
-    def offline(self) -> bool:
-        """Whether this build only checks a policy file (``resilience validate`` in CI): the
-        step validates what it can but makes no connection and reads no secret or environment
-        variable, which CI does not have. The engine is closed right after; it serves nothing.
-        """
-        return OFFLINE.get()
+        #: Whether this build only checks a policy file (``resilience validate`` in CI): the
+        #: step validates what it can but makes no connection and reads no secret or
+        #: environment variable, which CI does not have. The engine is closed right after.
+        self.offline = OFFLINE.get()
 
     @property
     def requested(self) -> tuple[BoundSource, ...]:

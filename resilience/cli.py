@@ -223,9 +223,43 @@ def _offline(policies: PolicySet) -> PolicySet:
     (validating a file must not create one, nor need its salt, which CI does not have), and
     sources declared with ``redis:`` taken as plain ones, bound to stand-ins like the rest (CI
     has no Redis; the connection settings were validated when the file was read)."""
+    _redis_extra_for(policies)
     sources = {name: _offline_source(options) for name, options in policies.sources.items()}
     settings = policies.settings.model_copy(update={"exposures": None})
     return dataclasses.replace(policies, settings=settings, sources=sources)
+
+
+def _redis_extra_for(policies: PolicySet) -> None:
+    """Refuse Redis declarations without the client library: offline, nothing else would
+    import it, and the service's start-up would be the first to find out."""
+    declared: list[KeyPath] = []
+    for name, options in policies.sources.items():
+        if options.redis is not None:
+            declared.append(("sources", name, "redis"))
+        if options.breaker is not None and options.breaker.fleet is not None:
+            declared.append(("sources", name, "breaker", "fleet"))
+    if policies.settings.flags.redis is not None:
+        declared.append(("settings", "flags", "redis"))
+    if not declared:
+        return
+    try:
+        import redis  # noqa: F401, PLC0415 - only whether it is installed
+    except ImportError:
+        message = "needs the redis extra, which is not installed"
+        hint = "pip install 'search-resilience[redis]'"
+        raise PolicyValidationError(
+            PolicyIssue(policies.file, line, column, format_path(path), message, hint)
+            for path, (line, column) in _positions(policies, declared)
+        ) from None
+
+
+def _positions(policies: PolicySet, paths: list[KeyPath]) -> list[tuple[KeyPath, tuple[int, int]]]:
+    """Each path with its line and column in the file (0, 0 when it cannot be read again)."""
+    try:
+        located, _ = read_yaml(read_policy_file(policies.file), policies.file)
+    except PolicyValidationError:  # gone since it was loaded: no lines, the message stands
+        located = None
+    return [(path, located.position(path) if located else (0, 0)) for path in paths]
 
 
 def _offline_source(options: SourceOptions) -> SourceOptions:
@@ -271,17 +305,11 @@ def _settings_warnings(loaded: PolicySet) -> list[PolicyIssue]:
 
     walk(loaded.settings, ("settings",))
     walk(loaded.sources, ("sources",))
-    if not found:
-        return []
-    try:
-        located, _ = read_yaml(read_policy_file(loaded.file), loaded.file)
-    except PolicyValidationError:  # gone since it was loaded: no lines, the advice stands
-        located = None
-    issues = []
-    for path, message in found:
-        line, column = located.position(path) if located is not None else (0, 0)
-        issues.append(PolicyIssue(loaded.file, line, column, format_path(path[:-1]), message))
-    return issues
+    positions = _positions(loaded, [path for path, _ in found])
+    return [
+        PolicyIssue(loaded.file, line, column, format_path(path[:-1]), message)
+        for (path, (line, column)), (_, message) in zip(positions, found, strict=True)
+    ]
 
 
 def _validate(args: argparse.Namespace) -> int:

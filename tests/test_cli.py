@@ -510,3 +510,33 @@ def test_validate_reads_no_variable_a_step_s_redis_names_but_the_service_build_d
     stores = dict.fromkeys(["session_store", "profile_store", "segment_store"], lambda key: None)
     with pytest.raises(PolicyValidationError, match="STREAM_REDIS_URL"):
         Engine.from_file(str(path), stores, flag_feeds=()).close()
+
+
+def test_validate_refuses_redis_declarations_without_the_redis_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Offline, nothing else imports the client: without this check the service's start-up
+    # would be the first to find it missing.
+    text = (
+        REFERENCE_POLICIES.read_text()
+        .replace("  session_store:\n", '  session_store:\n    redis: {url: "redis://h:1/0"}\n', 1)
+        .replace(
+            "    guards:\n",
+            '    guards:\n      - {type: stream_lag, redis: {url: "redis://h:1/0"}}\n',
+            1,
+        )
+    )
+    path = tmp_path / "policies.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis now raises ImportError
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "sources.session_store.redis: needs the redis extra" in err, err
+    assert "pip install 'search-resilience[redis]'" in err
+    monkeypatch.setattr(
+        "resilience.cli._redis_extra_for", lambda policies: None
+    )  # the sources' check off: the guard's own still refuses
+    assert main(["validate", str(path)]) == 1
+    assert "the watermark's Redis needs the redis extra" in capsys.readouterr().err

@@ -309,7 +309,18 @@ class LagWatch:
 
 
 def _nothing_read() -> None:
-    """The reader of a build that only checks the file: it is closed before it polls."""
+    """The reader of a build that only checks the file (it may poll once before its close):
+    it reads nothing."""
+
+
+def _redis_extra() -> None:
+    try:
+        import redis  # noqa: F401, PLC0415 - only whether it is installed
+    except ImportError:
+        raise ValueError(
+            "redis: the watermark's Redis needs the redis extra: "
+            "pip install 'search-resilience[redis]'"
+        ) from None
 
 
 def _source_reader(source: BoundSource, key: str, timeout: float) -> Callable[[], object]:
@@ -378,7 +389,11 @@ class StreamLagGuard(Guard):
         def watch() -> LagWatch:
             read: Callable[[], object]
             if context.offline:
-                read = _nothing_read  # resilience validate: no Redis, no URL variable to read
+                # resilience validate: no connection and no URL variable read, but the client
+                # library must be there
+                if params.redis is not None:
+                    _redis_extra()
+                read = _nothing_read
             elif source is not None:
                 read = _source_reader(source, params.key, params.read_timeout)
             else:
