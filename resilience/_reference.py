@@ -1,7 +1,8 @@
 """Reference tables generated from the step parameter models, for the docs.
 
-``docs/policies.md`` embeds one table per built-in step between markers; the test suite
-regenerates them and fails when a committed table drifts from its model.
+The pages under ``docs/`` (one per built-in step in ``docs/steps/``, the options models in
+the others) embed tables between markers; the test suite regenerates them and fails when a
+committed table drifts from its model.
 """
 
 from __future__ import annotations

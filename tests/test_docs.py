@@ -38,12 +38,14 @@ DOCS = [
     ROOT / "README.md",
     *sorted((ROOT / "docs").glob("*.md")),
     *sorted((ROOT / "docs" / "steps").glob("*.md")),
+    *sorted((ROOT / "examples").glob("*/README.md")),
 ]
 STEP_OUTLINE = ["Options", "Behaviour", "Telemetry", "Patterns", "Anti-patterns"]
 
-_FENCE = re.compile(
-    r"^(?P<indent> *)```(?P<info>[^`\n]*)\n(?P<body>.*?)^(?P=indent)```[ ]*$", re.S | re.M
-)
+# A fence as CommonMark has them: three or more backticks or tildes, after any indentation and
+# blockquote marks; it closes on a line of the same character, at least as many, and nothing else.
+_OPENING = re.compile(r"^(?P<prefix>[ \t]*(?:>[ \t]?)*[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+_QUOTE = re.compile(r"^[ \t]*(?:>[ \t]?)+")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        return f"{_shown(self.page)}:{self.line}"
 
     def option(self, name: str) -> str | None:
         for word in self.words:
@@ -76,21 +78,38 @@ class Block:
         return "invalid" in self.words
 
 
+def _shown(page: Path) -> str:
+    return str(page.relative_to(ROOT)) if page.is_relative_to(ROOT) else str(page)
+
+
+class UnclosedFenceError(Exception):
+    """A page has a fence that never closes: everything after it would escape the checks."""
+
+
 def blocks_of(page: Path) -> list[Block]:
-    text = page.read_text()
+    lines = page.read_text().split("\n")
     found = []
-    for match in _FENCE.finditer(text):
-        info = match.group("info").split()
-        body = textwrap.dedent(match.group("body"))
-        found.append(
-            Block(
-                page,
-                text.count("\n", 0, match.start()) + 1,
-                info[0] if info else "",
-                tuple(info[1:]),
-                body,
-            )
-        )
+    opened: tuple[int, str, str, bool] | None = None  # line, fence, info, in a blockquote
+    body: list[str] = []
+    for number, line in enumerate(lines, 1):
+        if opened is None:
+            match = _OPENING.match(line)
+            if match:
+                quoted = ">" in match.group("prefix")
+                opened, body = (number, match.group("fence"), match.group("info"), quoted), []
+            continue
+        start, fence, info, quoted = opened
+        content = _QUOTE.sub("", line) if quoted else line
+        stripped = content.strip()
+        if stripped and set(stripped) == {fence[0]} and len(stripped) >= len(fence):
+            words = info.split()
+            text = textwrap.dedent("\n".join(body) + "\n") if body else ""
+            found.append(Block(page, start, words[0] if words else "", tuple(words[1:]), text))
+            opened = None
+        else:
+            body.append(content)
+    if opened is not None:
+        raise UnclosedFenceError(f"{_shown(page)}:{opened[0]}: this fence never closes")
     return found
 
 
@@ -148,11 +167,21 @@ def _runnable(page: Path) -> list[Block]:
     return [b for b in blocks_of(page) if b.language == "python" and not b.option("excerpt")]
 
 
-@pytest.mark.parametrize("page", [p for p in DOCS if _runnable(p)], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "page", [p for p in DOCS if _runnable(p)], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_every_python_example_runs(
-    page: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    page: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.chdir(ROOT)  # examples name policies.yaml as a user in the project would
+    # Examples name policies.yaml as a user in the project would; a page that shows its own
+    # files (a block with name=FILE) runs its examples beside them instead.
+    saved = [b for b in blocks_of(page) if b.option("name")]
+    for block in saved:
+        (tmp_path / str(block.option("name"))).write_text(block.body)
+    monkeypatch.chdir(tmp_path if saved else ROOT)
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
     for block in _runnable(page):
         code = compile(block.body, block.where, "exec", dont_inherit=True)
@@ -232,8 +261,36 @@ def test_every_policy_example_validates(block: Block, tmp_path: Path) -> None:
     code, said = _validate(_policy_file(block), tmp_path)
     if block.invalid:
         assert code == 1, f"{block.where}: shown as refused, but it validates:\n{said}"
+        shown = _refusal_shown_after(block)
+        messages = {_without_location(line) for line in said.split("\n")}
+        missing = [line for line in shown if line not in messages]
+        assert not missing, (
+            f"{block.where}: the refusal the page shows is not what validate says:\n"
+            + "\n".join(missing)
+            + f"\nvalidate says:\n{said}"
+        )
     else:
         assert code == 0, f"{block.where}: does not validate:\n{said}"
+
+
+_LOCATION = re.compile(r"^\S+?:\d+:\d+: ")
+_SUMMARY = re.compile(r"^\S+: \d+ problems?$")
+
+
+def _without_location(line: str) -> str:
+    # Positions differ: the page's example sits in the reference file at another line.
+    return _LOCATION.sub("", line.strip())
+
+
+def _refusal_shown_after(block: Block) -> list[str]:
+    """The messages of the ``text`` block that follows a refused example on its page, without
+    their positions; every refused example shows what validate says of it."""
+    following = [b for b in blocks_of(block.page) if b.line > block.line]
+    assert following and following[0].language == "text", (
+        f"{block.where}: follow a refused example with a text block of what validate says"
+    )
+    lines = [_without_location(line) for line in following[0].body.split("\n")]
+    return [line for line in lines if line and not _SUMMARY.match(line)]
 
 
 @pytest.mark.parametrize("block", _blocks("yaml", kind="flags"))
@@ -456,7 +513,8 @@ def test_every_exact_console_example_prints_what_it_shows(block: Block) -> None:
 )
 def test_generated_tables_match_the_code(page: Path) -> None:
     text = page.read_text()
-    assert text == render_parameter_tables(text, PluginHost(entry_points_=[])), (
+    host = PluginHost(allow=["trending"])  # the example plugin's README documents its tier
+    assert text == render_parameter_tables(text, host), (
         f"{page.relative_to(ROOT)} drifted from the models: run "
         f"python -m resilience._reference {page.relative_to(ROOT)}"
     )
@@ -475,17 +533,11 @@ def test_every_builtin_step_has_a_page_with_the_common_outline(name: str) -> Non
 
 
 def test_every_name_a_step_module_registers_is_in_its_telemetry() -> None:
+    from resilience.testing.contract import unlisted_telemetry
+
     host = PluginHost(entry_points_=[])
     for name, step_type in host.step_types.items():
-        module = sys.modules[step_type.__module__]
-        declared = {
-            value
-            for value in vars(module).values()
-            if isinstance(value, str)
-            and (value in EVENTS or value in METRICS or f"{value}_total" in METRICS)
-        }
-        telemetry = {t.removesuffix("_total") for t in step_type.telemetry}
-        assert {d.removesuffix("_total") for d in declared} <= telemetry, name
+        assert unlisted_telemetry(step_type, host) == [], name
         for item in step_type.telemetry:
             assert item in EVENTS or item in METRICS, f"{name}.telemetry: {item!r} unregistered"
 
@@ -581,3 +633,41 @@ def test_every_relative_link_reaches_its_file_and_heading(page: Path) -> None:
         elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
             broken.append(f"{target}: no heading #{anchor} in {linked.name}")
     assert not broken, f"{page.relative_to(ROOT)}:\n" + "\n".join(broken)
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_generated_table_has_both_markers(page: Path) -> None:
+    # A damaged closing marker would make the table invisible to the drift check.
+    from resilience._reference import _MARKER
+
+    text = page.read_text()
+    for kind in ("params", "telemetry"):
+        opened = len(re.findall(rf"<!-- {kind}:[a-z0-9_]+ -->", text))
+        paired = sum(1 for m in _MARKER.finditer(text) if m.group("kind") == kind)
+        assert opened == paired, (
+            f"{page.relative_to(ROOT)}: a {kind} table lacks its closing marker"
+        )
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "~~~yaml policy\nbudget: 30\n~~~\n",
+        "````yaml policy\nbudget: 30\n```\nstill inside\n````\n",
+        "> ```yaml policy\n> budget: 30\n> ```\n",
+        "1. a step\n\n   ```yaml policy\n   budget: 30\n   ```\n",
+    ],
+)
+def test_every_fence_form_is_collected(markdown: str, tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(markdown)
+    (block,) = blocks_of(page)
+    assert (block.language, block.kind) == ("yaml", "policy")
+    assert block.body.startswith("budget: 30\n")
+
+
+def test_a_fence_that_never_closes_fails_the_page(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("text\n```yaml policy\nbudget: 30\n")
+    with pytest.raises(UnclosedFenceError):
+        blocks_of(page)

@@ -54,7 +54,8 @@ class ExplorationParams(StepParams):
         default=0.15,
         ge=0,
         le=0.5,
-        description="Share of the top k slots given to exploration (the brief: 0.10 to 0.20).",
+        description="Share of the top k slots given to exploration (0.10 to 0.20 is the "
+        "usual range against filter bubbles).",
     )
     k: int = Field(default=10, ge=1, le=1000, description="How many top slots the share is of.")
     novelty: float = Field(
@@ -78,8 +79,7 @@ class ExplorationParams(StepParams):
     def advice(self) -> list[str]:
         if self.share > 0 and not 0.10 <= self.share <= 0.20:
             return [
-                f"share {self.share:g} is outside 0.10-0.20, the brief's range for exploration "
-                "slots"
+                f"share {self.share:g} is outside 0.10-0.20, the usual range for exploration slots"
             ]
         return []
 

@@ -47,7 +47,10 @@ class SessionParams(TierParams):
     """Parameters of the ``session`` tier."""
 
     timeout: Duration = Field(
-        default=0.010, gt=0, description="Cutoff for both reads together (the brief: 10ms)."
+        default=0.010,
+        gt=0,
+        description="Cutoff for both reads together (10ms: slower than that, the "
+        "session store costs more than it adds).",
     )
     source: SourceName = Field(
         default="session_store", description="Source returning a SessionState per session id."

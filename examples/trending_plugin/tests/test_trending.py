@@ -1,5 +1,5 @@
 """The plugin's own tests, with the engine's test kit (the ``make_engine``, ``fake_clock`` and
-``faulty_source`` fixtures that installing ``resilience`` gives pytest)."""
+``faulty_source`` fixtures that installing ``search-resilience`` gives pytest)."""
 
 from __future__ import annotations
 
