@@ -475,20 +475,26 @@ def test_validate_accepts_redis_declared_sources_and_flags_without_connecting(
     assert "valid (1 policy: search)" in capsys.readouterr().out
 
 
+def reference_with(tmp_path: Path, *insertions: tuple[str, str]) -> Path:
+    """The reference file with each ``(after, lines)`` inserted after the first ``after``."""
+    text = REFERENCE_POLICIES.read_text()
+    for after, lines in insertions:
+        assert after in text, after
+        text = text.replace(after, after + lines, 1)
+    path = tmp_path / "policies.yaml"
+    path.write_text(text)
+    return path
+
+
 def test_validate_needs_neither_the_fleets_redis_nor_the_variable_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A CI job validating the file has no FLEET_REDIS_URL: the fleet's settings are checked
     # when the file is read, and the breaker is built local.
     monkeypatch.delenv("FLEET_REDIS_URL", raising=False)
-    text = REFERENCE_POLICIES.read_text().replace(
-        "  profile_store:\n    breaker:\n",
-        "  profile_store:\n    breaker:\n      fleet: {url_env: FLEET_REDIS_URL}\n",
-        1,
+    path = reference_with(
+        tmp_path, ("  profile_store:\n    breaker:\n", "      fleet: {url_env: FLEET_REDIS_URL}\n")
     )
-    assert "FLEET_REDIS_URL" in text
-    path = tmp_path / "policies.yaml"
-    path.write_text(text)
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
     assert "valid (1 policy: search)" in capsys.readouterr().out
 
@@ -497,14 +503,10 @@ def test_validate_reads_no_variable_a_step_s_redis_names_but_the_service_build_d
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("STREAM_REDIS_URL", raising=False)
-    text = REFERENCE_POLICIES.read_text().replace(
-        "    guards:\n",
-        "    guards:\n      - {type: stream_lag, redis: {url_env: STREAM_REDIS_URL}}\n",
-        1,
+    path = reference_with(
+        tmp_path,
+        ("    guards:\n", "      - {type: stream_lag, redis: {url_env: STREAM_REDIS_URL}}\n"),
     )
-    assert "STREAM_REDIS_URL" in text
-    path = tmp_path / "policies.yaml"
-    path.write_text(text)
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
     # A service building it for real still refuses it, naming the variable.
     stores = dict.fromkeys(["session_store", "profile_store", "segment_store"], lambda key: None)
@@ -517,17 +519,11 @@ def test_validate_refuses_redis_declarations_without_the_redis_extra(
 ) -> None:
     # Offline, nothing else imports the client: without this check the service's start-up
     # would be the first to find it missing.
-    text = (
-        REFERENCE_POLICIES.read_text()
-        .replace("  session_store:\n", '  session_store:\n    redis: {url: "redis://h:1/0"}\n', 1)
-        .replace(
-            "    guards:\n",
-            '    guards:\n      - {type: stream_lag, redis: {url: "redis://h:1/0"}}\n',
-            1,
-        )
+    path = reference_with(
+        tmp_path,
+        ("  session_store:\n", '    redis: {url: "redis://h:1/0"}\n'),
+        ("    guards:\n", '      - {type: stream_lag, redis: {url: "redis://h:1/0"}}\n'),
     )
-    path = tmp_path / "policies.yaml"
-    path.write_text(text)
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
     capsys.readouterr()
     monkeypatch.setitem(sys.modules, "redis", None)  # import redis now raises ImportError
