@@ -4,9 +4,10 @@ recording_sink) come from the package's own pytest plugin, as they would for any
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -81,14 +82,29 @@ def stores(fake_clock: FakeClock, faulty_source: Callable[..., FaultySource]) ->
     )
 
 
+def missing_redis_server() -> NoReturn:
+    """Fail in CI, where redis-server must be installed; skip elsewhere."""
+    if in_ci():
+        pytest.fail("redis-server is missing; CI must have it (apt-get install redis-server)")
+    pytest.skip("redis-server is not installed")
+
+
+def need_redis_server() -> None:
+    """Go on only where ``redis-server`` is installed (see :func:`missing_redis_server`)."""
+    if shutil.which("redis-server") is None:
+        missing_redis_server()
+
+
+def private_redis(**options: Any) -> RedisServer:
+    """A started private redis-server (``RedisServer(**options)``), never the shared one."""
+    try:
+        return RedisServer(**options)
+    except FileNotFoundError:
+        missing_redis_server()
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A private redis-server on a free port, stopped after the test (never the shared one)."""
-    try:
-        server = RedisServer()
-    except FileNotFoundError:
-        if in_ci():
-            pytest.fail("redis-server is missing; CI must have it (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
-    with server:
+    with private_redis() as server:
         yield server

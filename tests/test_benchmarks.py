@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from benchmarks import happy_path
 
-from .conftest import in_ci
+from .conftest import need_redis_server
 
 
 def test_happy_path_benchmark_runs_and_reports_ratios() -> None:
@@ -51,12 +49,7 @@ def test_overrun_benchmark_counts_outcomes_and_never_raises() -> None:
 
 
 def test_the_fault_drill_runs_against_a_private_redis() -> None:
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        if in_ci():
-            pytest.fail("redis-server is missing; CI must have it")
-        pytest.skip("redis-server is not installed")
+    need_redis_server()
     from benchmarks import faults
 
     results = faults.run(quick=True, decisions=30, faults=("healthy", "refused", "malformed"))

@@ -55,7 +55,7 @@ from resilience.cli import main as cli
 from resilience.otel import instrument
 from resilience.testing import RecordingSink, RedisServer, wait_for
 
-from .conftest import in_ci
+from .conftest import private_redis
 
 # Searched for in everything: it survives %-encoding, repr escapes and JSON.
 CORE = "Kq7c1e9b2fVZ"
@@ -69,13 +69,7 @@ PASSWORD_VARIABLE = "TEST_SECRETS_REDIS_PASSWORD"
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
     """A private redis-server that requires ``PASSWORD`` (never the shared one)."""
-    try:
-        server = RedisServer(password=PASSWORD)
-    except FileNotFoundError:
-        if in_ci():
-            pytest.fail("redis-server is missing; CI must have it (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
-    with server:
+    with private_redis(password=PASSWORD) as server:
         now = time.time()
         session = {"clicks": [{"item": "i1", "category": "shoes", "ts": now}], "event_time": now}
         server.set("session:s1", json.dumps(session))
@@ -608,13 +602,7 @@ policies:
 
 
 def test_the_kit_server_requires_its_password_and_keeps_it_off_its_url() -> None:
-    try:
-        server = RedisServer(password=PASSWORD)
-    except FileNotFoundError:
-        if in_ci():
-            pytest.fail("redis-server is missing; CI must have it (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
-    with server:
+    with private_redis(password=PASSWORD) as server:
         assert CORE not in server.url and CORE not in repr(server)
         with pytest.raises(redis.AuthenticationError):
             redis.Redis.from_url(server.url, socket_timeout=2).ping()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import random
-import shutil
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,7 +31,7 @@ from resilience import (
 )
 from resilience.testing import HandFlags
 
-from .conftest import in_ci
+from .conftest import need_redis_server
 
 # On the real clock: run alone, after the parallel run (see the Makefile).
 pytestmark = pytest.mark.serial
@@ -42,10 +41,7 @@ pytestmark = pytest.mark.serial
 def soak_run() -> dict[str, Any]:
     """One quick soak for the module: 1.5 s of chaos (one whole round at least) with a fixed
     seed, light enough for CI."""
-    if shutil.which("redis-server") is None:
-        if in_ci():
-            pytest.fail("redis-server is missing; CI must have it (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
+    need_redis_server()
     return soak.run(seconds=1.5, seed=11, threads=2, tasks=8)
 
 
